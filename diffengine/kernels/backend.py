@@ -1,0 +1,76 @@
+"""The backend predicate: may this call run a Triton kernel?"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from typing import Literal
+
+import torch
+
+Backend = Literal["auto", "torch", "triton"]
+_override: Backend | None = None
+# Triton supports NVIDIA cards from compute capability 7.0 (Volta); a GTX 1060 (6.1) takes PyTorch.
+MIN_CAPABILITY = (7, 0)
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class BackendUnavailableError(RuntimeError):
+    """A forced ``triton`` backend cannot run for these inputs."""
+
+
+def get_backend() -> Backend:
+    if _override is not None:
+        return _override
+    value = os.environ.get("DIFFENGINE_KERNELS", "auto").lower()
+    if value not in ("auto", "torch", "triton"):
+        raise ValueError(f"DIFFENGINE_KERNELS must be auto, torch or triton, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def set_backend(backend: Backend | None) -> None:
+    """Force a backend for this process (``None`` returns to the environment's choice)."""
+    global _override
+    if backend not in (None, "auto", "torch", "triton"):
+        raise ValueError(f"backend must be auto, torch or triton, not {backend!r}")
+    _override = backend
+
+
+@functools.cache
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter (tests)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _why_not(tensors: tuple[torch.Tensor, ...]) -> str | None:
+    if not triton_available():
+        return "triton is not installed"
+    for t in tensors:
+        if t.dtype not in SUPPORTED_DTYPES:
+            return f"dtype {t.dtype} is not supported"
+        if t.device.type == "cuda":
+            cap = torch.cuda.get_device_capability(t.device)
+            if cap < MIN_CAPABILITY:
+                return f"compute capability {cap[0]}.{cap[1]} is below Triton's minimum 7.0"
+        elif not (t.device.type == "cpu" and interpreting()):
+            return f"tensor on {t.device.type}, not CUDA"
+    return None
+
+
+def use_triton(*tensors: torch.Tensor) -> bool:
+    """Decide the backend for one call; raise if ``triton`` is forced but cannot run."""
+    backend = get_backend()
+    if backend == "torch":
+        return False
+    reason = _why_not(tensors)
+    if backend == "triton" and reason is not None:
+        raise BackendUnavailableError(f"DIFFENGINE_KERNELS=triton but {reason}")
+    if backend == "auto" and interpreting():
+        # Under the interpreter kernels are correct but very slow: only an explicit request uses them.
+        return False
+    return reason is None

@@ -1,0 +1,89 @@
+"""The faceprep plugin API.
+
+A plugin is a module (or object) with functions named like the hooks below, decorated with
+``faceprep.hookimpl``. Built-in stages are plugins too (see ``faceprep.plugins.DEFAULT_PLUGINS``);
+third-party packages register through the ``faceprep`` entry-point group::
+
+    [project.entry-points.faceprep]
+    yunet = "faceprep_yunet.plugin"
+
+Each hook is a *registrar*: it returns a list of named stage specs and is called once when the plugin
+manager is built. Names must be unique per kind; a later plugin cannot silently replace an earlier
+one (``faceprep.plugins`` raises on a clash).
+
+Stage protocols
+---------------
+Detector
+    ``detect(image) -> list[Detection]`` where ``image`` is an (H, W, 3) uint8 RGB array and the
+    detections carry boxes, scores and the 5 landmarks in that image's pixel coordinates.
+Aligner
+    ``align(detection, image_shape) -> Quad`` returns the oriented crop square in source coordinates.
+Fill
+    ``fill(canvas, pad, quad_side) -> canvas``: ``canvas`` is a (3, H, W) float32 tensor in [0, 255]
+    holding a crop of the photo whose outer ``pad = (left, top, right, bottom)`` pixels lie outside
+    the photo (their values are unspecified). It returns a tensor of the same shape in which only
+    those outside pixels were set. ``quad_side`` is the crop square's side in canvas pixels (fills
+    that scale a blur with the face size use it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+
+    from faceprep.types import Detection, ImageArray, Quad
+
+PROJECT = "faceprep"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class Detector(Protocol):
+    def detect(self, image: ImageArray) -> list[Detection]: ...
+
+
+class Aligner(Protocol):
+    def align(self, detection: Detection, image_shape: tuple[int, int]) -> Quad: ...
+
+
+class Fill(Protocol):
+    def __call__(self, canvas: torch.Tensor, pad: tuple[int, int, int, int], quad_side: float) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A named stage a plugin offers.
+
+    factory: called with keyword options (e.g. ``model=``, ``score_threshold=`` for detectors;
+    ``rotate=``, ``scale=``, ``shift=`` for aligners; none for fills) and returns the stage object.
+    available: optional zero-argument callable returning ``None`` when the stage can run here, or a
+    one-line reason why it cannot (missing weights, missing optional package). ``auto`` choices use it.
+    priority: among available stages of a kind, ``auto`` picks the highest.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    available: Callable[[], str | None] | None = None
+    priority: int = 0
+
+
+@hookspec
+def faceprep_detectors() -> Sequence[StageSpec]:  # type: ignore[empty-body]
+    """Return the face detectors this plugin provides (each factory returns a ``Detector``)."""
+
+
+@hookspec
+def faceprep_aligners() -> Sequence[StageSpec]:  # type: ignore[empty-body]
+    """Return the aligners this plugin provides (each factory returns an ``Aligner``)."""
+
+
+@hookspec
+def faceprep_fills() -> Sequence[StageSpec]:  # type: ignore[empty-body]
+    """Return the fills this plugin provides (each factory returns a ``Fill``)."""
