@@ -1,0 +1,303 @@
+"""Training images: find, decode once, cache as uint8, hand out checked batches in [-1, 1].
+
+Sources (``open_source``):
+- a faceprep output folder: ``metadata.jsonl`` lines with ``file_name`` relative to the folder;
+- any folder of images (searched recursively);
+- a ``.zip`` of images.
+
+Every image is decoded once, centre-cropped to a square, resized (antialiased) to the model resolution
+and kept in memory as one ``(N, 3, R, R)`` uint8 tensor: UTKFace (23.7k faces) at 32 px is 73 MB.
+Batches are drawn by ``BatchStream``: a seeded permutation per epoch, sharded across ranks, random
+horizontal flips, its whole state saved in checkpoints so a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+import zipfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+FEW_IMAGES = 1000  # below this many images a diffusion model memorises: warn
+
+
+class DataError(ValueError):
+    """The training data cannot be used (missing, empty, unreadable, wrong range...)."""
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where images live: a folder (optionally with metadata.jsonl) or a zip; names are relative."""
+
+    path: Path
+    names: tuple[str, ...]
+    is_zip: bool
+
+    def read_bytes(self, name: str, archive: zipfile.ZipFile | None = None) -> bytes:
+        if self.is_zip:
+            if archive is None:
+                with zipfile.ZipFile(self.path) as zf:
+                    return zf.read(name)
+            return archive.read(name)
+        return (self.path / name).read_bytes()
+
+    def describe(self, name: str) -> str:
+        return f"{self.path}!{name}" if self.is_zip else str(self.path / name)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTS) and not Path(name).name.startswith(".")
+
+
+def open_source(path: str | os.PathLike[str]) -> ImageSource:
+    """List the images of a faceprep folder, a plain image folder or a zip. Raises DataError."""
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"{root}: no such file or directory")
+    if root.is_file():
+        if not zipfile.is_zipfile(root):
+            raise DataError(f"{root}: not a folder or a .zip file")
+        with zipfile.ZipFile(root) as zf:
+            names = sorted(n for n in zf.namelist() if not n.endswith("/") and _is_image(n))
+        if not names:
+            raise DataError(f"{root}: the zip holds no images ({', '.join(IMAGE_EXTS)})")
+        return ImageSource(root, tuple(names), is_zip=True)
+    meta = root / "metadata.jsonl"
+    if meta.is_file():
+        names = _names_from_metadata(meta)
+    else:
+        names = sorted(
+            p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and _is_image(p.name)
+        )
+    if not names:
+        raise DataError(f"{root}: no images found ({', '.join(IMAGE_EXTS)}, searched recursively)")
+    return ImageSource(root, tuple(names), is_zip=False)
+
+
+def _names_from_metadata(meta: Path) -> list[str]:
+    names: list[str] = []
+    for lineno, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            names.append(str(record["file_name"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DataError(f"{meta}:{lineno}: not a JSON object with 'file_name' ({exc})") from exc
+    missing = [n for n in names if not (meta.parent / n).is_file()]
+    if missing:
+        raise DataError(f"{meta}: {len(missing)} listed file(s) missing, e.g. {meta.parent / missing[0]}")
+    return names
+
+
+def heldout_split(names: Sequence[str], fraction: float = 0.1) -> tuple[list[str], list[str]]:
+    """Split names into (train, held-out) by a hash of each base name: fixed across runs and machines."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), not {fraction}")
+    train: list[str] = []
+    held: list[str] = []
+    for name in names:
+        digest = hashlib.sha256(Path(name).name.encode("utf-8")).digest()
+        bucket = int.from_bytes(digest[:8], "big") / 2.0**64
+        (held if bucket < fraction else train).append(name)
+    return train, held
+
+
+def decode_image(data: bytes, resolution: int, where: str) -> torch.Tensor:
+    """Decode, centre-crop to a square and resize (antialiased). Returns (3, R, R) uint8."""
+    try:
+        opened = Image.open(io.BytesIO(data))
+        opened.draft("RGB", (resolution, resolution))  # JPEG: decode at a reduced scale >= resolution
+        img = opened.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"{where}: cannot read image ({exc})") from exc
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    box = (left, top, left + side, top + side)
+    img = img.resize((resolution, resolution), Image.Resampling.LANCZOS, box=box)
+    array = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    return array.view(resolution, resolution, 3).permute(2, 0, 1).contiguous()
+
+
+def load_images(
+    source: ImageSource, resolution: int, names: Sequence[str] | None = None, workers: int | None = None
+) -> torch.Tensor:
+    """Decode every image (threads) into one (N, 3, R, R) uint8 tensor. Raises DataError naming the file."""
+    names = list(source.names if names is None else names)
+    if not names:
+        raise DataError(f"{source.path}: no images to load")
+    out = torch.empty(len(names), 3, resolution, resolution, dtype=torch.uint8)
+    archive = zipfile.ZipFile(source.path) if source.is_zip else None
+    try:
+
+        def work(i: int) -> None:
+            name = names[i]
+            try:
+                data = source.read_bytes(name, archive)
+            except OSError as exc:
+                raise DataError(f"{source.describe(name)}: cannot read ({exc})") from exc
+            out[i] = decode_image(data, resolution, source.describe(name))
+
+        if source.is_zip:  # ZipFile reads share one file handle: stay sequential
+            for i in range(len(names)):
+                work(i)
+        else:
+            with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+                list(pool.map(work, range(len(names))))
+    finally:
+        if archive is not None:
+            archive.close()
+    flat = out.flatten(1)
+    constant = (flat.amax(1) == flat.amin(1)).nonzero().flatten().tolist()
+    if constant:
+        shown = ", ".join(source.describe(names[i]) for i in constant[:3])
+        raise DataError(f"{len(constant)} constant (single-colour) image(s), e.g. {shown}: remove them")
+    return out
+
+
+def load_dataset(
+    path: str | os.PathLike[str],
+    resolution: int,
+    *,
+    split: str = "all",
+    heldout_fraction: float = 0.1,
+) -> tuple[torch.Tensor, list[str]]:
+    """Images of ``path`` at ``resolution`` as uint8 plus their names. split: all | train | heldout."""
+    source = open_source(path)
+    names = list(source.names)
+    if split != "all":
+        train, held = heldout_split(names, heldout_fraction)
+        names = {"train": train, "heldout": held}[split]
+    images = load_images(source, resolution, names)
+    if len(names) < FEW_IMAGES:
+        warnings.warn(
+            f"{path}: only {len(names)} images; under ~{FEW_IMAGES} a diffusion model memorises them",
+            stacklevel=2,
+        )
+    return images, names
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return images.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255] (clamped, rounded)."""
+    return ((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+class DataCheckError(RuntimeError):
+    """A batch that must not be trained on."""
+
+
+def check_batch(x: torch.Tensor, tol: float = 1e-3) -> list[str]:
+    """Stop on NaN/Inf, values outside [-1, 1] or constant images; return warnings for odd-looking data.
+
+    x: (B, C, H, W) float. Raises DataCheckError with the reason and the usual cause.
+    """
+    if x.ndim != 4:
+        raise DataCheckError(f"batch must be (B, C, H, W), got shape {tuple(x.shape)}")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = (~finite.flatten(1).all(1)).nonzero().flatten().tolist()
+        raise DataCheckError(f"batch contains NaN/Inf in image(s) {bad[:8]}")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1 - tol or hi > 1 + tol:
+        hint = " — looks like [0, 255] pixels: divide by 127.5 and subtract 1" if hi > 2 else ""
+        raise DataCheckError(f"batch values span [{lo:.4g}, {hi:.4g}], outside [-1, 1]{hint}")
+    flat = x.flatten(1)
+    constant = ((flat.amax(1) - flat.amin(1)) < 1e-6).nonzero().flatten().tolist()
+    if constant:
+        raise DataCheckError(f"constant image(s) {constant[:8]} in the batch (blank or broken files?)")
+    notes: list[str] = []
+    if lo >= -tol and x.shape[0] * flat.shape[1] >= 64:
+        notes.append(f"batch values span [{lo:.3g}, {hi:.3g}]: data in [0, 1] instead of [-1, 1]?")
+    elif hi - lo < 0.25:
+        notes.append(f"batch values span only [{lo:.3g}, {hi:.3g}]: very low contrast data")
+    return notes
+
+
+class BatchStream:
+    """Deterministic, resumable batches: a seeded permutation per epoch, sharded by rank, random flips.
+
+    Every rank draws the same permutation (same generator) and takes its slice of each global batch,
+    so ranks see disjoint images. ``state_dict`` captures everything needed to continue exactly.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        flip: bool = True,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise DataError(f"images must be a (N, C, H, W) uint8 tensor, got {images.dtype} {images.shape}")
+        self.images = images
+        self.batch_size = batch_size  # per rank
+        self.rank, self.world_size, self.flip = rank, world_size, flip
+        self.global_batch = batch_size * world_size
+        if images.shape[0] < self.global_batch:
+            raise DataError(
+                f"{images.shape[0]} images are fewer than one global batch ({self.global_batch}): "
+                "lower --batch-size"
+            )
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        self.pos = 0
+        self.perm = torch.randperm(images.shape[0], generator=self.generator)
+
+    def next_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices, flip mask) of this rank's next batch."""
+        if self.pos + self.global_batch > self.perm.numel():  # drop the ragged tail, new epoch
+            self.epoch += 1
+            self.pos = 0
+            self.perm = torch.randperm(self.images.shape[0], generator=self.generator)
+        chunk = self.perm[self.pos : self.pos + self.global_batch]
+        flips = torch.rand(self.global_batch, generator=self.generator) < 0.5
+        self.pos += self.global_batch
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+        return chunk[mine], flips[mine] & self.flip
+
+    def next(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """This rank's next batch on ``device``: (B, 3, R, R) float32 in [-1, 1]."""
+        idx, flips = self.next_indices()
+        x = to_model_range(self.images[idx].to(device, non_blocking=True))
+        flips = flips.to(x.device)
+        return torch.where(flips[:, None, None, None], x.flip(3), x)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+            "pos": self.pos,
+            "perm": self.perm.clone(),
+            "n": int(self.images.shape[0]),
+            "global_batch": self.global_batch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["n"]) != self.images.shape[0] or int(state["global_batch"]) != self.global_batch:
+            raise DataError(
+                f"checkpoint was trained on {state['n']} images with global batch {state['global_batch']}; "
+                f"now {self.images.shape[0]} images with global batch {self.global_batch}: cannot resume "
+                "the exact data order"
+            )
+        self.generator.set_state(state["generator"])
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self.perm = state["perm"].clone()
