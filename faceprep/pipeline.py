@@ -1,0 +1,200 @@
+"""The library entry point: photo in, aligned and filtered faces out.
+
+>>> pipe = Pipeline.from_names(detector="auto", aligner="ffhq", fill="mirror-blur", size=256)
+>>> crops = pipe(image, source="party.jpg")          # every face, kept and rejected
+>>> kept = [c for c in crops if c.kept]                 # c.record() is the metadata.jsonl line
+
+``Pipeline`` is what ``faceprep crop`` runs in each worker; the CLI adds only the file walk, the
+near-duplicate check across the whole run and the writing (``faceprep.dataset``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from faceprep import filters, plugins
+from faceprep.filters import DuplicateIndex, FilterThresholds
+from faceprep.imageio import load_image
+from faceprep.types import Detection, FaceCrop, ImageArray, ImageLoadError, SourceError
+
+MIN_SIZE, MAX_SIZE = 64, 1024
+ALIGNER_OPTIONS = frozenset({"rotate", "scale", "shift"})
+
+
+class DetectorFallbackWarning(UserWarning):
+    """``detector="auto"`` could not use the preferred detector and fell back to another one."""
+
+
+def resolve_detector(name: str) -> tuple[str, str | None]:
+    """Resolve ``auto`` to a concrete detector name.
+
+    Returns ``(name, note)`` where ``note`` is a one-line explanation when a higher-priority detector
+    was skipped because it cannot run here (e.g. no SCRFD model and no network), else None.
+    """
+    if name != "auto":
+        return name, None
+    chosen = plugins.resolve("detector", "auto")
+    skipped = [
+        f"{spec.name} unavailable: {reason}"
+        for spec in plugins.stages("detector").values()
+        if spec.priority > chosen.priority and (reason := plugins.unavailable_reason(spec))
+    ]
+    note = f"detector auto -> {chosen.name} ({'; '.join(skipped)})" if skipped else None
+    return chosen.name, note
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that decides what a pipeline produces (picklable: sent to worker processes)."""
+
+    detector: str = "auto"
+    aligner: str = "ffhq"
+    fill: str = "mirror-blur"
+    size: int = 256
+    detector_options: Mapping[str, Any] = field(default_factory=dict)
+    aligner_options: Mapping[str, Any] = field(default_factory=dict)
+    fill_options: Mapping[str, Any] = field(default_factory=dict)
+    thresholds: FilterThresholds = field(default_factory=FilterThresholds)
+    rotation_fix: bool = True
+    dedup: bool = True  # track near-duplicates inside this Pipeline (the CLI does it in its writer)
+
+    def __post_init__(self) -> None:
+        if not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise ValueError(f"size must be in {MIN_SIZE}..{MAX_SIZE}, got {self.size}")
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What processing one source file produced: faces (kept and rejected) or an error."""
+
+    path: str
+    source: str
+    crops: tuple[FaceCrop, ...] = ()
+    error: SourceError | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Pipeline:
+    """Detect → align → fill + resample → filter, for one image at a time."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        detector = plugins.create("detector", config.detector, **dict(config.detector_options))
+        if config.rotation_fix:
+            detector = _with_rotation_fix(detector)
+        self.detector = detector
+        self.aligner = plugins.create("aligner", config.aligner, **dict(config.aligner_options))
+        self.fill = plugins.create("fill", config.fill, **dict(config.fill_options))
+        self.duplicates = DuplicateIndex(config.thresholds.dedup_distance) if config.dedup else None
+
+    @classmethod
+    def from_names(
+        cls,
+        detector: str = "auto",
+        aligner: str = "ffhq",
+        fill: str = "mirror-blur",
+        size: int = 256,
+        *,
+        thresholds: FilterThresholds | None = None,
+        rotation_fix: bool = True,
+        dedup: bool = True,
+        **options: Any,
+    ) -> Pipeline:
+        """Build a pipeline from stage names.
+
+        ``options`` go to the aligner when named ``rotate``, ``scale`` or ``shift`` and to the detector
+        otherwise (``model``, ``score_threshold``, ``num_threads``). ``detector="auto"`` picks the best
+        detector that can run here and warns (``DetectorFallbackWarning``, one line) when it had to
+        fall back.
+        """
+        name, note = resolve_detector(detector)
+        if note:
+            warnings.warn(note, DetectorFallbackWarning, stacklevel=2)
+        config = PipelineConfig(
+            detector=name,
+            aligner=aligner,
+            fill=fill,
+            size=size,
+            detector_options={k: v for k, v in options.items() if k not in ALIGNER_OPTIONS},
+            aligner_options={k: v for k, v in options.items() if k in ALIGNER_OPTIONS},
+            thresholds=thresholds or FilterThresholds(),
+            rotation_fix=rotation_fix,
+            dedup=dedup,
+        )
+        return cls(config)
+
+    def detect(self, image: ImageArray) -> list[Detection]:
+        """Faces in ``image``, highest score first (ties broken by position, so indices are stable)."""
+        found = self.detector.detect(image)
+        return sorted(found, key=lambda d: (-float(d.score), float(d.box[1]), float(d.box[0])))
+
+    def __call__(self, image: ImageArray, source: str = "") -> list[FaceCrop]:
+        """Every face in ``image`` as a FaceCrop with its filter results (rejected ones included)."""
+        from faceprep.warp import extract_face
+
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
+        crops: list[FaceCrop] = []
+        for index, det in enumerate(self.detect(image)):
+            try:
+                quad = self.aligner.align(det, image.shape[:2])
+            except ValueError:  # degenerate landmarks (all points coincide): nothing to align
+                continue
+            pixels, filled = extract_face(image, quad, self.config.size, self.fill)
+            results = filters.face_filters(det, pixels, filled, self.config.thresholds)
+            crop = FaceCrop(pixels, det, quad, index, float(filled), results, source)
+            if self.duplicates is not None:
+                crop, _ = check_duplicate(crop, self.duplicates)
+            crops.append(crop)
+        return crops
+
+    def process_file(self, path: str | os.PathLike[str], source: str | None = None) -> FileResult:
+        """Load and process one file; any failure becomes a ``SourceError`` naming the file and reason."""
+        name = str(path)
+        source = name if source is None else source
+        start = time.perf_counter()
+        try:
+            image = load_image(name)
+            crops = tuple(self(image, source=source))
+        except ImageLoadError as exc:
+            return FileResult(name, source, error=SourceError(name, exc.reason), seconds=_since(start))
+        except Exception as exc:  # one bad photo must not end a long run; the reason is recorded
+            reason = f"processing failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            return FileResult(name, source, error=SourceError(name, reason), seconds=_since(start))
+        return FileResult(name, source, crops=crops, seconds=_since(start))
+
+
+def check_duplicate(crop: FaceCrop, index: DuplicateIndex) -> tuple[FaceCrop, str]:
+    """Add the ``duplicate`` filter result to ``crop`` (replacing an earlier one) and return its phash.
+
+    If the crop is kept after this check, its hash joins ``index`` so later faces are compared with it.
+    """
+    hash_hex = str(filters.phash(crop.image))
+    others = tuple(f for f in crop.filters if f.name != "duplicate")
+    checked = dataclasses.replace(crop, filters=(*others, index.check(hash_hex)))
+    if checked.kept:
+        index.add(hash_hex)
+    return checked, hash_hex
+
+
+def _since(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def _with_rotation_fix(detector: Any) -> Any:
+    """Wrap a detector so in-plane rotated faces (up to ±90°) get keypoints that follow the rotation."""
+    from faceprep import rotation
+
+    return rotation.RotationCorrectingDetector(detector)
