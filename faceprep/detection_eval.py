@@ -1,0 +1,111 @@
+"""Scoring a detector against labelled photos (dlib imglab XML): recall at an IoU and keypoint error.
+
+Used by the detector tests (built-in and plugins) and ``bench/detectors.py``. The 68-point iBUG
+annotations give the five faceprep landmarks as: image-left eye = mean of points 36–41, image-right
+eye = mean of 42–47, nose tip = 30, mouth corners = 48 and 54.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from faceprep.types import Detection, FloatArray
+
+
+@dataclass(frozen=True, eq=False)
+class LabelledFace:
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1
+    landmarks: FloatArray | None  # (5, 2) in faceprep order, or None without a 68-point shape
+    ignore: bool = False
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: Path
+    faces: tuple[LabelledFace, ...]
+
+
+def five_from_68(points: FloatArray) -> FloatArray:
+    """faceprep's 5 landmarks from a (68, 2) iBUG shape."""
+    p = np.asarray(points, dtype=np.float64)
+    if p.shape != (68, 2):
+        raise ValueError(f"expected a (68, 2) shape, got {p.shape}")
+    return np.stack([p[36:42].mean(0), p[42:48].mean(0), p[30], p[48], p[54]])
+
+
+def load_imglab(xml_path: str | Path) -> list[LabelledImage]:
+    """Parse a dlib imglab XML file; image paths are resolved against the XML's folder."""
+    xml_path = Path(xml_path)
+    images = []
+    for node in ET.parse(xml_path).getroot().iter("image"):
+        faces = []
+        for box in node.iter("box"):
+            x0, y0 = float(box.get("left", 0)), float(box.get("top", 0))
+            w, h = float(box.get("width", 0)), float(box.get("height", 0))
+            parts = {
+                int(p.get("name", -1)): (float(p.get("x", 0)), float(p.get("y", 0))) for p in box.iter("part")
+            }
+            lm = five_from_68(np.array([parts[i] for i in range(68)])) if len(parts) == 68 else None
+            faces.append(LabelledFace((x0, y0, x0 + w, y0 + h), lm, box.get("ignore", "0") == "1"))
+        images.append(LabelledImage(xml_path.parent / node.get("file", ""), tuple(faces)))
+    return images
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    labelled: int
+    matched: int
+    detections: int
+    keypoint_errors: tuple[float, ...]  # per matched face: mean eye/mouth error / inter-ocular distance
+
+    @property
+    def recall(self) -> float:
+        return self.matched / self.labelled if self.labelled else 1.0
+
+
+def match(
+    truth: Sequence[LabelledFace], found: Sequence[Detection], iou_threshold: float = 0.5
+) -> MatchResult:
+    """Greedy one-to-one matching by IoU (best pairs first); ignored faces count neither way."""
+    faces = [f for f in truth if not f.ignore]
+    pairs = sorted(
+        ((iou(f.box, d.box), i, j) for i, f in enumerate(faces) for j, d in enumerate(found)), reverse=True
+    )
+    used_f: set[int] = set()
+    used_d: set[int] = set()
+    errors = []
+    for overlap, i, j in pairs:
+        if overlap < iou_threshold:
+            break
+        if i in used_f or j in used_d:
+            continue
+        used_f.add(i)
+        used_d.add(j)
+        lm = faces[i].landmarks
+        if lm is not None:
+            iod = float(np.linalg.norm(lm[1] - lm[0]))
+            idx = [0, 1, 3, 4]  # eyes and mouth corners
+            errors.append(float(np.linalg.norm(found[j].landmarks[idx] - lm[idx], axis=1).mean() / iod))
+    return MatchResult(len(faces), len(used_f), len(found), tuple(errors))
+
+
+def combine(results: Sequence[MatchResult]) -> MatchResult:
+    return MatchResult(
+        sum(r.labelled for r in results),
+        sum(r.matched for r in results),
+        sum(r.detections for r in results),
+        tuple(e for r in results for e in r.keypoint_errors),
+    )
