@@ -87,8 +87,8 @@ def blur_value(crop: ImageArray) -> float:
     gray = cv2.cvtColor(np.ascontiguousarray(centre), cv2.COLOR_RGB2GRAY).astype(np.float32)
     size = BLUR_REFERENCE_SIZE
     interp = cv2.INTER_AREA if gray.shape[0] >= size else cv2.INTER_CUBIC
-    gray = cv2.resize(gray, (size, size), interpolation=interp)
-    return float(cv2.Laplacian(gray, cv2.CV_32F, ksize=1).var())
+    resized = cv2.resize(gray, (size, size), interpolation=interp)
+    return float(cv2.Laplacian(resized, cv2.CV_32F, ksize=1).var())
 
 
 def yaw_roll(landmarks: FloatArray) -> tuple[float, float]:
