@@ -6,11 +6,14 @@ module with the Triton kernel(s), the launcher, the ``autograd.Function`` and th
 
 Backend choice: ``DIFFENGINE_KERNELS`` = ``auto`` (default) | ``torch`` | ``triton``, or
 ``set_backend()``. A forced ``triton`` that cannot run raises ``BackendUnavailableError``; ``auto``
-falls back silently.
+falls back silently. Attention additionally prefers SDPA under ``auto`` unless the card is known to
+run the Triton kernel faster (``DIFFENGINE_ATTENTION`` = ``auto`` | ``sdpa`` | ``triton``).
+Tests run the kernels on the CPU with ``TRITON_INTERPRET=1`` and a forced ``triton`` backend.
 """
 
 from __future__ import annotations
 
+from diffengine.kernels.attention import attention
 from diffengine.kernels.backend import (
     BackendUnavailableError,
     get_backend,
@@ -18,14 +21,10 @@ from diffengine.kernels.backend import (
     triton_available,
     use_triton,
 )
-from diffengine.kernels.reference import (
-    attention,
-    dpmpp2m_step,
-    euler_step,
-    group_norm_silu,
-    heun_correct,
-    precond_loss,
-)
+from diffengine.kernels.cuda_graph import make_sampler, sampling_loop
+from diffengine.kernels.group_norm import group_norm_silu
+from diffengine.kernels.precond_loss import noise_input, precond_loss
+from diffengine.kernels.sampler_steps import dpmpp2m_step, euler_step, heun_correct
 
 __all__ = [
     "BackendUnavailableError",
@@ -35,7 +34,10 @@ __all__ = [
     "get_backend",
     "group_norm_silu",
     "heun_correct",
+    "make_sampler",
+    "noise_input",
     "precond_loss",
+    "sampling_loop",
     "set_backend",
     "triton_available",
     "use_triton",

@@ -62,12 +62,16 @@ def _why_not(tensors: tuple[torch.Tensor, ...]) -> str | None:
     return None
 
 
-def use_triton(*tensors: torch.Tensor) -> bool:
-    """Decide the backend for one call; raise if ``triton`` is forced but cannot run."""
+def use_triton(*tensors: torch.Tensor, unsupported: str | None = None) -> bool:
+    """Decide the backend for one call; raise if ``triton`` is forced but cannot run.
+
+    ``unsupported`` is an op's own reason why its kernel cannot serve this call (a head dim it lacks,
+    a gradient it does not compute); it is treated like a device/dtype reason.
+    """
     backend = get_backend()
     if backend == "torch":
         return False
-    reason = _why_not(tensors)
+    reason = _why_not(tensors) or unsupported
     if backend == "triton" and reason is not None:
         raise BackendUnavailableError(f"DIFFENGINE_KERNELS=triton but {reason}")
     if backend == "auto" and interpreting():

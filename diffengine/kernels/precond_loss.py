@@ -1,0 +1,180 @@
+"""Training hot path around the network: fused noising and fused preconditioned, weighted loss.
+
+``noise_input``: ``x_noisy = x + σ·n`` and ``net_in = c_in·x_noisy`` in one pass (2 reads, 2 writes).
+``precond_loss``: ``weight · mean((c_skip·x_noisy + c_out·F − x)²)`` per sample in one pass over the
+batch (3 reads, a tiny partial-sum buffer); its backward to ``F`` is one more pass
+(3 reads, 1 write): ``dF = g·weight·c_out·2/M·(c_skip·x_noisy + c_out·F − x)``. Per-sample
+coefficients are (B,). Partial sums are reduced in a fixed order, so the loss is deterministic.
+Only ``net_out`` is differentiated (the other inputs are data and σ-functions).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffengine.kernels._triton import dense_like, kernel, tl
+from diffengine.kernels.backend import use_triton
+
+BLOCK = 4096
+
+
+def precond_loss_reference(
+    net_out: torch.Tensor,
+    x_noisy: torch.Tensor,
+    x_clean: torch.Tensor,
+    c_skip: torch.Tensor,
+    c_out: torch.Tensor,
+    weight: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample weight · mean((c_skip·x_noisy + c_out·F − x)²). Coefficients: (B,). Returns (B,)."""
+    shape = (-1,) + (1,) * (x_clean.ndim - 1)
+    denoised = c_skip.view(shape) * x_noisy + c_out.view(shape) * net_out
+    return weight * (denoised - x_clean).square().flatten(1).mean(1)
+
+
+def noise_input_reference(
+    x_clean: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, c_in: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_noisy, net_in) = (x + σ·n, c_in·(x + σ·n)); sigma, c_in: (B,)."""
+    shape = (-1,) + (1,) * (x_clean.ndim - 1)
+    x_noisy = x_clean + sigma.view(shape) * noise
+    return x_noisy, c_in.view(shape) * x_noisy
+
+
+@kernel
+def _loss_fwd_kernel(  # type: ignore[no-untyped-def]
+    F, XN, X0, CSKIP, COUT, PARTIAL, M, n_chunks, BLOCK: tl.constexpr
+):
+    b = tl.program_id(0)
+    chunk = tl.program_id(1)
+    offs = chunk * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < M
+    base = b.to(tl.int64) * M
+    f = tl.load(F + base + offs, mask=mask, other=0.0).to(tl.float32)
+    xn = tl.load(XN + base + offs, mask=mask, other=0.0).to(tl.float32)
+    x0 = tl.load(X0 + base + offs, mask=mask, other=0.0).to(tl.float32)
+    r = tl.load(CSKIP + b).to(tl.float32) * xn + tl.load(COUT + b).to(tl.float32) * f - x0
+    r = tl.where(mask, r, 0.0)
+    tl.store(PARTIAL + b * n_chunks + chunk, tl.sum(r * r, axis=0))
+
+
+@kernel
+def _loss_bwd_kernel(  # type: ignore[no-untyped-def]
+    F, XN, X0, CSKIP, COUT, COEF, DF, M, BLOCK: tl.constexpr
+):
+    b = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < M
+    base = b.to(tl.int64) * M
+    f = tl.load(F + base + offs, mask=mask, other=0.0).to(tl.float32)
+    xn = tl.load(XN + base + offs, mask=mask, other=0.0).to(tl.float32)
+    x0 = tl.load(X0 + base + offs, mask=mask, other=0.0).to(tl.float32)
+    c_out = tl.load(COUT + b).to(tl.float32)
+    r = tl.load(CSKIP + b).to(tl.float32) * xn + c_out * f - x0
+    tl.store(DF + base + offs, (tl.load(COEF + b) * r).to(DF.dtype.element_ty), mask=mask)
+
+
+@kernel
+def _noise_kernel(  # type: ignore[no-untyped-def]
+    X0, NOISE, SIGMA, CIN, XN, NET_IN, M, BLOCK: tl.constexpr
+):
+    b = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < M
+    base = b.to(tl.int64) * M
+    x0 = tl.load(X0 + base + offs, mask=mask, other=0.0).to(tl.float32)
+    n = tl.load(NOISE + base + offs, mask=mask, other=0.0).to(tl.float32)
+    xn = x0 + tl.load(SIGMA + b).to(tl.float32) * n
+    tl.store(XN + base + offs, xn.to(XN.dtype.element_ty), mask=mask)
+    net_in = tl.load(CIN + b).to(tl.float32) * xn
+    tl.store(NET_IN + base + offs, net_in.to(NET_IN.dtype.element_ty), mask=mask)
+
+
+def _per_sample(*coeffs: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    out = []
+    for c in coeffs:
+        if c.numel() != batch:
+            raise ValueError(f"per-sample coefficient must have {batch} values, got shape {tuple(c.shape)}")
+        out.append(c.reshape(batch).contiguous())
+    return out
+
+
+class _PrecondLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        net_out: torch.Tensor,
+        x_noisy: torch.Tensor,
+        x_clean: torch.Tensor,
+        c_skip: torch.Tensor,
+        c_out: torch.Tensor,
+        weight: torch.Tensor,
+    ) -> torch.Tensor:
+        f = dense_like(net_out, net_out)
+        xn, x0 = dense_like(x_noisy, f), dense_like(x_clean, f)
+        b = f.shape[0]
+        m = f.numel() // b
+        c_skip, c_out, weight = _per_sample(c_skip, c_out, weight, batch=b)
+        n_chunks = -(-m // BLOCK)
+        partial = torch.empty(b, n_chunks, device=f.device, dtype=torch.float32)
+        _loss_fwd_kernel[(b, n_chunks)](f, xn, x0, c_skip, c_out, partial, m, n_chunks, BLOCK=BLOCK)
+        ctx.save_for_backward(f, xn, x0, c_skip, c_out, weight)
+        out_dtype = torch.promote_types(torch.promote_types(net_out.dtype, weight.dtype), c_out.dtype)
+        return (weight.float() * partial.sum(1) / m).to(out_dtype)
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor | None, ...]:
+        f, xn, x0, c_skip, c_out, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        b = f.shape[0]
+        m = f.numel() // b
+        coef = (grad.float() * weight.float() * c_out.float() * (2.0 / m)).contiguous()
+        df = torch.empty_like(f)
+        _loss_bwd_kernel[(b, -(-m // BLOCK))](f, xn, x0, c_skip, c_out, coef, df, m, BLOCK=BLOCK)
+        return df, None, None, None, None, None
+
+
+def _no_grad_reason(*tensors: torch.Tensor) -> str | None:
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return "the kernel differentiates net_out only, but another input requires grad"
+    return None
+
+
+def precond_loss(
+    net_out: torch.Tensor,
+    x_noisy: torch.Tensor,
+    x_clean: torch.Tensor,
+    c_skip: torch.Tensor,
+    c_out: torch.Tensor,
+    weight: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample weight · mean((c_skip·x_noisy + c_out·F − x)²). Coefficients: (B,). Returns (B,).
+
+    Differentiable with respect to ``net_out`` on both backends.
+    """
+    tensors = (net_out, x_noisy, x_clean, c_skip, c_out, weight)
+    if net_out.shape != x_noisy.shape or net_out.shape != x_clean.shape:
+        raise ValueError(f"shapes differ: {net_out.shape}, {x_noisy.shape}, {x_clean.shape}")
+    if use_triton(*tensors, unsupported=_no_grad_reason(*tensors[1:])):
+        return _PrecondLoss.apply(*tensors)
+    return precond_loss_reference(*tensors)
+
+
+def noise_input(
+    x_clean: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, c_in: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_noisy, net_in) = (x + σ·n, c_in·(x + σ·n)) in one pass; sigma, c_in: (B,). No gradient."""
+    if x_clean.shape != noise.shape:
+        raise ValueError(f"x_clean {tuple(x_clean.shape)} and noise {tuple(noise.shape)} differ")
+    tensors = (x_clean, noise, sigma, c_in)
+    if not use_triton(*tensors, unsupported=_no_grad_reason(*tensors)):
+        return noise_input_reference(*tensors)
+    x0 = dense_like(x_clean, x_clean)
+    n = dense_like(noise, x0)
+    b = x0.shape[0]
+    m = x0.numel() // b
+    sigma, c_in = _per_sample(sigma, c_in, batch=b)
+    x_noisy, net_in = torch.empty_like(x0), torch.empty_like(x0)
+    _noise_kernel[(b, -(-m // BLOCK))](x0, n, sigma, c_in, x_noisy, net_in, m, BLOCK=BLOCK)
+    return x_noisy, net_in
