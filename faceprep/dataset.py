@@ -50,17 +50,26 @@ def face_file_name(source: str, face_index: int, image_format: ImageFormat = "pn
 
     ``source`` is the path relative to SRC; folders are joined with ``__`` and the suffix is kept as
     ``_jpg``: ``party/2019/img.jpg``, face 0 → ``party__2019__img_jpg_00.png``. When that spelling
-    loses information (unsafe characters, ``__`` inside a name, very long paths), an 8-hex-digit hash of
-    the original path is appended so two sources can never share a name.
+    could be ambiguous (unsafe characters, ``_`` at the ends of or ``__`` inside a name, no plain
+    suffix, very long paths), an 8-hex-digit hash of the original path is appended (``-1f97f74b``) so
+    two sources can never share a name.
     """
     parts = [p for p in source.replace("\\", "/").split("/") if p not in ("", ".")]
     if not parts:
         raise ValueError(f"empty source path {source!r}")
     stem, dot, ext = parts[-1].rpartition(".")
-    parts[-1] = f"{stem}_{ext}" if dot and stem else parts[-1]
+    has_ext = bool(dot and stem and ext.isalnum() and ext.isascii())
+    parts[-1] = f"{stem}_{ext}" if has_ext else parts[-1]
     safe = [_UNSAFE.sub("_", p) for p in parts]
     base = "__".join(safe)
-    lossy = safe != parts or any("__" in p for p in parts) or len(base) > MAX_NAME
+    # The spelling can be decoded back (so it is unique) only if no part contains "__" or starts/ends
+    # with "_", nothing was replaced and the suffix was plain; otherwise add a hash of the source.
+    lossy = (
+        not has_ext
+        or safe != parts
+        or any("__" in p or p.startswith("_") or p.endswith("_") for p in parts)
+        or len(base) > MAX_NAME
+    )
     if lossy:
         base = f"{base[:MAX_NAME]}-{_short_hash(source)}"
     return f"{base}_{face_index:02d}.{image_format}"

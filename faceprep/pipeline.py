@@ -23,6 +23,7 @@ import numpy as np
 from faceprep import filters, plugins
 from faceprep.filters import DuplicateIndex, FilterThresholds
 from faceprep.imageio import load_image
+from faceprep.rotation import with_rotation_correction
 from faceprep.types import Detection, FaceCrop, ImageArray, ImageLoadError, SourceError
 
 MIN_SIZE, MAX_SIZE = 64, 1024
@@ -92,9 +93,7 @@ class Pipeline:
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config
         detector = plugins.create("detector", config.detector, **dict(config.detector_options))
-        if config.rotation_fix:
-            detector = _with_rotation_fix(detector)
-        self.detector = detector
+        self.detector = with_rotation_correction(detector, enabled=config.rotation_fix)
         self.aligner = plugins.create("aligner", config.aligner, **dict(config.aligner_options))
         self.fill = plugins.create("fill", config.fill, **dict(config.fill_options))
         self.duplicates = DuplicateIndex(config.thresholds.dedup_distance) if config.dedup else None
@@ -191,10 +190,3 @@ def check_duplicate(crop: FaceCrop, index: DuplicateIndex) -> tuple[FaceCrop, st
 
 def _since(start: float) -> float:
     return time.perf_counter() - start
-
-
-def _with_rotation_fix(detector: Any) -> Any:
-    """Wrap a detector so in-plane rotated faces (up to ±90°) get keypoints that follow the rotation."""
-    from faceprep import rotation
-
-    return rotation.RotationCorrectingDetector(detector)
