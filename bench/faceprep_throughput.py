@@ -43,10 +43,11 @@ def run_once(jobs: list[tuple[str, str]], config: PipelineConfig, workers: int) 
     """(start-up seconds, processing seconds, faces found) for one run into a fresh folder."""
     with tempfile.TemporaryDirectory() as tmp, DatasetWriter(tmp) as writer:
         t0 = time.perf_counter()
+        results: Iterable[FileResult]
+        pool = None
         if workers == 1:
             pipe = Pipeline(config)
-            results = map(lambda job: pipe.process_file(*job), jobs)  # noqa: C417
-            pool = None
+            results = (pipe.process_file(*job) for job in jobs)
         else:
             cfg = replace(config, detector_options={**config.detector_options, "num_threads": 1})
             pool = multiprocessing.get_context("spawn").Pool(
