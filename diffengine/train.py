@@ -258,6 +258,8 @@ def train(cfg: TrainConfig, eval_fn: EvalFn | None = None) -> TrainResult:
 
     # ---- resume -----------------------------------------------------------------------------------
     step = 0
+    if not cfg.resume and latest_checkpoint(ckpt_dir) is not None:
+        raise FileExistsError(f"{out} already holds checkpoints: pass --resume to continue, or another --out")
     if cfg.resume:
         found = latest_checkpoint(ckpt_dir)
         if found is None:
