@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from faceprep.types import Detection, FloatArray
+from faceprep.geometry import ffhq_quad
+from faceprep.hookspecs import Detector
+from faceprep.types import Detection, FloatArray, ImageArray
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,3 +112,31 @@ def combine(results: Sequence[MatchResult]) -> MatchResult:
         sum(r.detections for r in results),
         tuple(e for r in results for e in r.keypoint_errors),
     )
+
+
+def rotate_photo(image: ImageArray, degrees: float) -> tuple[ImageArray, FloatArray]:
+    """The photo turned counter-clockwise on screen (canvas expanded), and the 2×3 affine map that
+    takes source points to the turned photo."""
+    h, w = image.shape[:2]
+    out = np.asarray(Image.fromarray(image).rotate(degrees, Image.Resampling.BICUBIC, expand=True))
+    t = np.radians(degrees)
+    rot = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])  # y down, counter-clockwise
+    shift = np.array([(out.shape[1] - 1) / 2, (out.shape[0] - 1) / 2]) - rot @ [(w - 1) / 2, (h - 1) / 2]
+    return out, np.hstack([rot, shift[:, None]])
+
+
+def rotation_errors(detector: Detector, image: ImageArray, angles: Sequence[float]) -> list[float]:
+    """For each angle: max corner distance between the FFHQ quad of the most confident face on the
+    turned photo and the upright photo's quad mapped there, divided by the quad side."""
+    ref = ffhq_quad(detector.detect(image)[0].landmarks)
+    errors = []
+    for degrees in angles:
+        turned, affine = rotate_photo(image, degrees)
+        found = detector.detect(turned)
+        if not found:
+            errors.append(float("inf"))
+            continue
+        quad = ffhq_quad(found[0].landmarks)
+        expected = ref.corners @ affine[:, :2].T + affine[:, 2]
+        errors.append(float(np.linalg.norm(quad.corners - expected, axis=1).max() / ref.side))
+    return errors

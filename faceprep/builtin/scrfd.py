@@ -184,6 +184,7 @@ class ScrfdDetector:
     """
 
     name = "scrfd"
+    keypoints_follow_rotation = True  # roughly: its eye line turns with the face (see faceprep.rotation)
 
     def __init__(
         self,
