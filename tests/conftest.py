@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Tests never touch the network: model resolution must not try to download.
+os.environ["FACEPREP_OFFLINE"] = "1"
 
 
 def shared_root() -> Path:
