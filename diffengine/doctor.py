@@ -40,7 +40,13 @@ from diffengine.schedules import get_sigmas
 
 Severity = Literal["ok", "info", "warn", "fail"]
 TINY_UNET = UNetConfig(
-    resolution=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), num_groups=8
+    resolution=16,
+    model_channels=32,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attn_resolutions=(),
+    num_groups=8,
+    head_dim=16,
 )
 OVERFIT_SIGMAS = (0.2, 0.5, 1.0, 2.0)
 # First-order samplers converge slowly (error ∝ 1/steps): give them enough steps for the 10% tolerance.
@@ -185,7 +191,7 @@ def overfit_one_batch(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if losses[0] / max(losses[-1], 1e-12) >= target_factor:
             break
     denoiser.eval()

@@ -453,7 +453,7 @@ def train(cfg: TrainConfig, eval_fn: EvalFn | None = None) -> TrainResult:
         preview()
     if main and interrupted:
         print(f"stopped at step {step}; checkpoint {last_ckpt}; continue with --resume")
-    if main and not interrupted and step >= 2 * cfg.log_every and not last_loss < 0.9 * first_loss:
+    if main and not interrupted and step >= max(50, 3 * cfg.log_every) and not last_loss < 0.9 * first_loss:
         warnings.warn(
             f"loss did not fall ({first_loss:.4f} -> {last_loss:.4f} over {step} steps): check the data "
             "(`diffengine doctor DATA`), the learning rate and the preset",
