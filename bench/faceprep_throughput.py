@@ -95,9 +95,8 @@ def main() -> None:
         f"{len(jobs)} photos, median {statistics.median(megapixels):.2f} MP, {args.size} px output, "
         f"detector {name}, {os.cpu_count()} CPUs, median of {args.repeats} runs"
     )
-    print(
-        f"{'workers':>7} {'start-up s':>10} {'run s':>7} {'photos/s':>9} {'faces/s':>8} {'vs 1 worker':>11}"
-    )
+    header = ("workers", "start-up s", "run s", "photos/s", "faces/s", "vs 1 worker")
+    print("  ".join(f"{h:>11}" for h in header))
     base: float | None = None
     for workers in args.workers:
         runs = [run_once(jobs, config, workers) for _ in range(args.repeats)]

@@ -32,7 +32,8 @@ class FilterThresholds:
     Defaults aim at a clean FFHQ-like training set without throwing away ordinary photos:
     min_score: detector confidence (SCRFD scores real faces > 0.7, false positives mostly < 0.6).
     min_eye_dist: eye distance in *source* pixels; 20 px is ~3× upsampling for a 256 px crop.
-    max_filled: fraction of the crop that lay outside the photo and was synthesised by the fill.
+    max_filled: fraction of the crop that lay outside the photo and was synthesised by the fill; above
+    ~0.3 the mirror-blur fill shows a ghost of the face itself.
     min_blur: normalised variance of Laplacian of the face centre (see :func:`blur_value`).
     max_yaw / max_roll: degrees, compared with the absolute value (see :func:`yaw_roll`). Roll is
     undone by the FFHQ alignment, so it is off by default.
@@ -42,7 +43,7 @@ class FilterThresholds:
 
     min_score: float | None = 0.6
     min_eye_dist: float | None = 20.0
-    max_filled: float | None = 0.4
+    max_filled: float | None = 0.3
     min_blur: float | None = 15.0
     max_yaw: float | None = 50.0
     max_roll: float | None = None
