@@ -90,6 +90,7 @@ class TrainResult:
     images_per_s: float
     checkpoint: Path | None
     interrupted: bool = False
+    net: nn.Module | None = field(default=None, repr=False)  # the trained network (raw weights)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -468,6 +469,7 @@ def train(cfg: TrainConfig, eval_fn: EvalFn | None = None) -> TrainResult:
         images_per_s=images_per_s,
         checkpoint=last_ckpt,
         interrupted=interrupted,
+        net=net,
     )
 
 
