@@ -9,7 +9,10 @@ because an interpreted kernel cannot call a compiled helper.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import inspect
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -33,6 +36,8 @@ class Kernel:
         self.fn = fn
         self._compiled: Any = None
         self._interpreted: Any = None
+        # Arguments of the last interpreted launch, so tests can compile the same call for a GPU target.
+        self.last_launch: tuple[tuple[Any, ...], dict[str, Any]] | None = None
 
     def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., Any]:
         if triton is None:
@@ -42,10 +47,111 @@ class Kernel:
                 from triton.runtime.interpreter import InterpretedFunction
 
                 self._interpreted = InterpretedFunction(self.fn)
-            return self._interpreted[grid]
+            launch = self._interpreted[grid]
+
+            def record_and_launch(*args: Any, **kwargs: Any) -> Any:
+                self.last_launch = (args, kwargs)
+                with _interpreted_stdlib():
+                    return launch(*args, **kwargs)
+
+            return record_and_launch
         if self._compiled is None:
             self._compiled = triton.jit(self.fn)
         return self._compiled[grid]
+
+    def last_launch_signature(
+        self, **overrides: Any
+    ) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
+        """(signature, constexprs, options) of the last interpreted launch, for ``compile_for_gpu``.
+        Triton dtypes among the constexprs are given by name (``"tl.dtype:bf16"``) so the result pickles."""
+        if self.last_launch is None or triton is None:
+            raise RuntimeError(f"{self.fn.__name__} has not been launched under the interpreter")
+        args, kwargs = self.last_launch
+        params = inspect.signature(self.fn).parameters
+        values = dict(zip(params, args, strict=False)) | {k: v for k, v in kwargs.items() if k in params}
+        values |= overrides
+        options = {k: v for k, v in kwargs.items() if k not in params}
+        signature: dict[str, str] = {}
+        constexprs: dict[str, Any] = {}
+        for name, param in params.items():
+            value = values[name]
+            if "constexpr" in str(param.annotation):
+                signature[name] = "constexpr"
+                constexprs[name] = f"tl.dtype:{value.name}" if isinstance(value, tl.dtype) else value
+            elif isinstance(value, torch.Tensor):
+                signature[name] = "*" + _TRITON_DTYPES[value.dtype]
+            elif isinstance(value, bool):
+                signature[name] = "i1"
+            elif isinstance(value, int):
+                signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            else:
+                signature[name] = "fp32"
+        return signature, constexprs, options
+
+
+def compile_for_gpu(
+    module: str,
+    name: str,
+    signature: dict[str, str],
+    constexprs: dict[str, Any],
+    options: dict[str, Any],
+    capability: int = 90,
+) -> int:
+    """Compile kernel ``module.name`` to a cubin for ``sm_<capability>`` (no GPU needed: ptxas ships with
+    triton); returns the cubin size. Run it in a process that never interpreted (the interpreter
+    patches triton.language in place)."""
+    import importlib
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    fn = getattr(importlib.import_module(module), name).fn
+    consts = {
+        k: tl.dtype(v.removeprefix("tl.dtype:")) if isinstance(v, str) and v.startswith("tl.dtype:") else v
+        for k, v in constexprs.items()
+    }
+    source = ASTSource(fn=JITFunction(fn), signature=signature, constexprs=consts)
+    compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
+    return len(compiled.asm["cubin"])
+
+
+_TRITON_DTYPES = {
+    torch.float32: "fp32",
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+    torch.int32: "i32",
+    torch.int64: "i64",
+}
+
+
+@contextlib.contextmanager
+def _interpreted_stdlib() -> Iterator[None]:
+    """Run triton.language's own ``@jit`` helpers (``tl.sum``, ``tl.sigmoid``...) interpreted.
+
+    They are compiled-mode objects when triton was imported before ``TRITON_INTERPRET=1`` was set
+    (e.g. by another test), and the interpreter cannot call those; swap them for the launch.
+    """
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    swapped: list[tuple[object, str, object]] = []
+    owners = [m for n, m in list(sys.modules.items()) if n.startswith("triton.language") and m is not None]
+    for owner in [*owners, tl.tensor]:
+        for name, value in list(vars(owner).items()):
+            if isinstance(value, JITFunction):
+                if id(value) not in _INTERPRETED:  # by id: hashing a JITFunction parses its source
+                    _INTERPRETED[id(value)] = (value, InterpretedFunction(value.fn))
+                swapped.append((owner, name, value))
+                setattr(owner, name, _INTERPRETED[id(value)][1])
+    try:
+        yield
+    finally:
+        for owner, name, value in swapped:
+            setattr(owner, name, value)
+
+
+_INTERPRETED: dict[int, tuple[object, object]] = {}
 
 
 def kernel(fn: Callable[..., None]) -> Kernel:

@@ -1,0 +1,122 @@
+"""The one backend predicate, the dispatch of every public op, and GPU compilation of every kernel."""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing
+
+import pytest
+import torch
+
+import diffengine.kernels as K
+from diffengine.kernels import BackendUnavailableError, set_backend, use_triton
+from diffengine.kernels._triton import Kernel, compile_for_gpu
+
+OP_MODULES = ["group_norm", "attention", "precond_loss", "sampler_steps"]
+
+
+def _call_every_op() -> None:
+    x = torch.randn(2, 4, 3, 3)
+    xg = x.clone().requires_grad_()
+    K.group_norm_silu(
+        xg, torch.ones(4), torch.zeros(4), 2, torch.zeros(2, 4), torch.zeros(2, 4)
+    ).sum().backward()
+    K.attention(*(torch.randn(1, 1, 5, 16, requires_grad=True) for _ in range(3))).sum().backward()
+    K.precond_loss(xg, x, x, torch.ones(2), torch.ones(2), torch.ones(2)).sum().backward()
+    K.noise_input(x, x, torch.ones(2), torch.ones(2))
+    K.euler_step(x, x, 2.0, 1.0)
+    K.heun_correct(x, x, x, x, 2.0, 1.0)
+    K.dpmpp2m_step(x, x, x, 2.0, 1.0, 3.0)
+
+
+def _kernels() -> list[Kernel]:
+    mods = [importlib.import_module(f"diffengine.kernels.{m}") for m in OP_MODULES]
+    return [v for m in mods for v in vars(m).values() if isinstance(v, Kernel)]
+
+
+def _forbid_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(self: Kernel, grid: object) -> None:
+        pytest.fail(f"{self.fn.__name__} launched although the reference should run")
+
+    monkeypatch.setattr(Kernel, "__getitem__", boom)
+
+
+def test_forced_triton_without_cuda_or_interpreter_raises(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    set_backend("triton")
+    try:
+        with pytest.raises(BackendUnavailableError, match="not CUDA"):
+            use_triton(torch.ones(2))
+        with pytest.raises(BackendUnavailableError):
+            K.euler_step(torch.ones(2), torch.ones(2), 2.0, 1.0)
+    finally:
+        set_backend(None)
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_torch_and_auto_on_cpu_run_the_reference(monkeypatch, backend) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # even when the interpreter could run them
+    monkeypatch.setenv("DIFFENGINE_KERNELS", backend)
+    _forbid_kernels(monkeypatch)
+    assert not use_triton(torch.ones(2))
+    _call_every_op()
+
+
+def test_env_values_are_checked(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("DIFFENGINE_KERNELS", "cuda")
+    with pytest.raises(ValueError, match="DIFFENGINE_KERNELS"):
+        use_triton(torch.ones(1))
+    with pytest.raises(ValueError):
+        set_backend("fast")  # type: ignore[arg-type]
+
+
+def test_unsupported_dtype_is_an_error_when_forced(triton_cpu) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BackendUnavailableError, match="float64"):
+        use_triton(torch.ones(2, dtype=torch.float64))
+
+
+@pytest.mark.slow
+def test_every_kernel_compiles_for_gpu(triton_cpu, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The interpreter accepts code the compiler rejects: compile each recorded launch to a cubin for
+    sm_80 and sm_90 (no GPU needed) in a fresh process the interpreter never touched."""
+    tl = pytest.importorskip("triton.language")
+    _call_every_op()
+    K.attention(*(torch.randn(1, 1, 5, 16, dtype=torch.bfloat16) for _ in range(3)))
+    jobs = []
+    for module in OP_MODULES:
+        mod = importlib.import_module(f"diffengine.kernels.{module}")
+        for name, kern in vars(mod).items():
+            if isinstance(kern, Kernel):
+                overrides = {"DOT_T": tl.bfloat16} if "DOT_T" in kern.last_launch[1] else {}  # type: ignore[index]
+                jobs.append((mod.__name__, name, *kern.last_launch_signature(**overrides)))
+    assert len(jobs) >= 9
+    monkeypatch.delenv("TRITON_INTERPRET")  # the child must import triton in compile mode
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        sizes = pool.starmap(compile_for_gpu, [(*job, cap) for job in jobs for cap in (80, 90)])
+    assert all(size > 1000 for size in sizes), sizes
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_kernels_match_reference() -> None:
+    set_backend("triton")
+    try:
+        dev = torch.device("cuda")
+        x = torch.randn(8, 128, 32, 32, device=dev)
+        w, b = torch.randn(128, device=dev), torch.randn(128, device=dev)
+        s, sh = torch.randn(8, 128, device=dev), torch.randn(8, 128, device=dev)
+        from diffengine.kernels.group_norm import group_norm_silu_reference
+
+        torch.testing.assert_close(
+            K.group_norm_silu(x, w, b, 32, s, sh),
+            group_norm_silu_reference(x, w, b, 32, s, sh),
+            atol=1e-4,
+            rtol=1e-4,
+        )
+        q, k, v = (torch.randn(4, 4, 1024, 64, device=dev, dtype=torch.bfloat16) for _ in range(3))
+        from diffengine.kernels.attention import attention_reference
+
+        torch.testing.assert_close(K.attention(q, k, v), attention_reference(q, k, v), atol=2e-2, rtol=2e-2)
+    finally:
+        set_backend(None)

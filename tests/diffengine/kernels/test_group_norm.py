@@ -1,0 +1,103 @@
+"""Fused GroupNorm + scale/shift + SiLU: Triton (interpreted) vs the PyTorch reference, value and grads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from diffengine.kernels import group_norm as gn_module
+from diffengine.kernels import group_norm_silu
+from diffengine.kernels.group_norm import group_norm_silu_reference
+
+SETTINGS = settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def _inputs(
+    b: int, c: int, h: int, w: int, dtype: torch.dtype, seed: int, modulate: bool = True
+) -> list[torch.Tensor | None]:
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(b, c, h, w, generator=g) * 3 + 2).to(dtype)  # offset mean: tests the statistics
+    weight = (1 + 0.5 * torch.randn(c, generator=g)).to(dtype)
+    bias = torch.randn(c, generator=g).to(dtype)
+    scale = (0.5 * torch.randn(b, c, generator=g)).to(dtype) if modulate else None
+    shift = torch.randn(b, c, generator=g).to(dtype) if modulate else None
+    return [x, weight, bias, scale, shift]
+
+
+def _compare(inputs: list[torch.Tensor | None], groups: int, close, silu: bool = True) -> None:  # type: ignore[no-untyped-def]
+    dtype = inputs[0].dtype  # type: ignore[union-attr]
+    ours = [t.clone().requires_grad_() if t is not None else None for t in inputs]
+    ref = [t.detach().double().requires_grad_() if t is not None else None for t in inputs]
+    y = group_norm_silu(ours[0], ours[1], ours[2], groups, ours[3], ours[4], silu=silu)  # type: ignore[arg-type]
+    y_ref = group_norm_silu_reference(ref[0], ref[1], ref[2], groups, ref[3], ref[4], silu=silu)  # type: ignore[arg-type]
+    assert y.dtype == dtype
+    close(y, y_ref, dtype, "forward")
+    grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(dtype)
+    y.backward(grad)
+    y_ref.backward(grad.double())
+    for name, a, r in zip(("x", "weight", "bias", "scale", "shift"), ours, ref, strict=True):
+        if a is None:
+            continue
+        assert a.grad is not None and r is not None and r.grad is not None, name
+        assert a.grad.dtype == a.dtype
+        # weight/bias grads sum over B·H·W elements: compare relative to their size
+        denom = max(1.0, r.grad.abs().max().item())
+        close(a.grad / denom, r.grad / denom, dtype, f"grad {name}")
+
+
+@SETTINGS
+@given(
+    b=st.integers(1, 3),
+    groups=st.sampled_from([1, 2, 3, 5]),
+    cpg=st.integers(1, 3),
+    h=st.integers(1, 7),
+    w=st.sampled_from([1, 3, 5]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_matches_reference_fp32(triton_cpu, close, b, groups, cpg, h, w, seed) -> None:  # type: ignore[no-untyped-def]
+    assume(cpg * h * w > 1)  # the reference rejects single-value groups
+    _compare(_inputs(b, groups * cpg, h, w, torch.float32, seed), groups, close)
+
+
+@pytest.mark.parametrize(("shape", "groups"), [((2, 6, 5, 7), 3), ((1, 10, 3, 3), 5), ((3, 4, 1, 1), 2)])
+def test_matches_reference_bf16(triton_cpu, close, shape, groups) -> None:  # type: ignore[no-untyped-def]
+    _compare(_inputs(*shape, torch.bfloat16, seed=sum(shape)), groups, close)
+
+
+@pytest.mark.parametrize(("modulate", "silu"), [(False, False), (True, True)])
+def test_options_and_multi_tile(triton_cpu, close, monkeypatch, modulate, silu) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(gn_module, "MAX_TILE", 32)  # 11·7 = 77 pixels in tiles of 8: last one partial
+    _compare(_inputs(2, 6, 11, 7, torch.float32, seed=3, modulate=modulate), 2, close, silu=silu)
+
+
+def test_channels_last_keeps_layout(triton_cpu, close) -> None:  # type: ignore[no-untyped-def]
+    inputs = _inputs(2, 6, 5, 3, torch.float32, seed=11)
+    inputs[0] = inputs[0].contiguous(memory_format=torch.channels_last)  # type: ignore[union-attr]
+    _compare(inputs, 3, close)
+    x, w, bias, scale, shift = inputs
+    y = group_norm_silu(x, w, bias, 3, scale, shift)  # type: ignore[arg-type]
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_only_scale_or_only_shift(triton_cpu, close) -> None:  # type: ignore[no-untyped-def]
+    x, w, bias, scale, shift = _inputs(2, 4, 3, 3, torch.float32, seed=5)
+    _compare([x, w, bias, scale, None], 2, close)
+    _compare([x, w, bias, None, shift], 2, close)
+
+
+def test_nan_propagates_to_its_group_only(triton_cpu) -> None:  # type: ignore[no-untyped-def]
+    x, w, bias, scale, shift = _inputs(2, 4, 3, 3, torch.float32, seed=1)
+    x[1, 2, 1, 1] = float("nan")  # sample 1, group 1 (channels 2-3)
+    y = group_norm_silu(x, w, bias, 2, scale, shift)  # type: ignore[arg-type]
+    assert torch.isnan(y[1, 2:]).all()
+    assert torch.isfinite(y[0]).all() and torch.isfinite(y[1, :2]).all()
+
+
+def test_bad_groups_raise(triton_cpu) -> None:  # type: ignore[no-untyped-def]
+    x, w, bias, _, _ = _inputs(1, 6, 2, 2, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="not divisible"):
+        group_norm_silu(x, w, bias, 4)  # type: ignore[arg-type]
