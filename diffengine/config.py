@@ -55,8 +55,10 @@ class UNetConfig:
                 raise ValueError(f"channels {ch} are not divisible by num_groups={self.num_groups}")
             has_attn = self.resolution >> level in self.attn_resolutions or level == levels - 1  # mid block
             if has_attn and ch % self.head_dim:
-                raise ValueError(f"channels {ch} (attention at level {level}) are not divisible by "
-                                 f"head_dim={self.head_dim}")
+                raise ValueError(
+                    f"channels {ch} (attention at level {level}) are not divisible by "
+                    f"head_dim={self.head_dim}"
+                )
         if self.noise_embedding not in ("positional", "fourier"):
             raise ValueError(
                 f"noise_embedding must be 'positional' or 'fourier', not {self.noise_embedding!r}"
@@ -111,7 +113,11 @@ PRESETS: dict[str, Preset] = {
     "faces64": Preset(
         name="faces64",
         unet=_faces(
-            64, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16, 8),
+            64,
+            model_channels=128,
+            channel_mult=(1, 2, 2, 2),
+            num_res_blocks=2,
+            attn_resolutions=(16, 8),
             dropout=0.1,
         ),
         batch_size=32,
@@ -121,7 +127,11 @@ PRESETS: dict[str, Preset] = {
     "faces128": Preset(
         name="faces128",
         unet=_faces(
-            128, model_channels=128, channel_mult=(1, 1, 2, 2, 3), num_res_blocks=2, attn_resolutions=(16, 8),
+            128,
+            model_channels=128,
+            channel_mult=(1, 1, 2, 2, 3),
+            num_res_blocks=2,
+            attn_resolutions=(16, 8),
             dropout=0.1,
         ),
         batch_size=16,
@@ -132,8 +142,13 @@ PRESETS: dict[str, Preset] = {
     "faces256": Preset(
         name="faces256",
         unet=_faces(
-            256, model_channels=64, channel_mult=(1, 2, 2, 4, 4, 8), num_res_blocks=2,
-            attn_resolutions=(16, 8), dropout=0.1, checkpointing=True,
+            256,
+            model_channels=64,
+            channel_mult=(1, 2, 2, 4, 4, 8),
+            num_res_blocks=2,
+            attn_resolutions=(16, 8),
+            dropout=0.1,
+            checkpointing=True,
         ),
         batch_size=8,
         lr=1e-4,

@@ -47,8 +47,12 @@ def _pairs(sigmas: torch.Tensor) -> list[tuple[float, float]]:
 
 @torch.no_grad()
 def sample_euler(
-    model: DenoiseFn, x: torch.Tensor, sigmas: torch.Tensor, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None,
+    model: DenoiseFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """First-order Euler on the probability-flow ODE dx/dσ = (x − D(x; σ))/σ (EDM eq. 4)."""
     for i, (s, s_next) in enumerate(_pairs(sigmas)):
@@ -60,8 +64,12 @@ def sample_euler(
 
 @torch.no_grad()
 def sample_heun(
-    model: DenoiseFn, x: torch.Tensor, sigmas: torch.Tensor, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None,
+    model: DenoiseFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """EDM Algorithm 1 (deterministic Heun): second order except the final step to σ = 0 (2n − 1 NFE)."""
     for i, (s, s_next) in enumerate(_pairs(sigmas)):
@@ -76,8 +84,12 @@ def sample_heun(
 
 @torch.no_grad()
 def sample_dpmpp_2m(
-    model: DenoiseFn, x: torch.Tensor, sigmas: torch.Tensor, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None,
+    model: DenoiseFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022): multistep second order, one NFE per step."""
     old_d: torch.Tensor | None = None
@@ -100,8 +112,13 @@ def _ancestral_split(s: float, s_next: float, eta: float) -> tuple[float, float]
 
 @torch.no_grad()
 def sample_euler_ancestral(
-    model: DenoiseFn, x: torch.Tensor, sigmas: torch.Tensor, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None, eta: float = 1.0,
+    model: DenoiseFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    eta: float = 1.0,
 ) -> torch.Tensor:
     """Ancestral Euler: a deterministic Euler step to σ_down, then fresh noise of std σ_up.
 
@@ -122,8 +139,13 @@ def sample_euler_ancestral(
 
 @torch.no_grad()
 def sample_ddim(
-    model: DenoiseFn, x: torch.Tensor, sigmas: torch.Tensor, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None, eta: float = 0.0,
+    model: DenoiseFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    eta: float = 0.0,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021). In the σ parametrisation deterministic DDIM (η = 0) *is* the Euler step
     (Karras et al. 2022, Sec. 3): x_next = D + σ_next/σ·(x − D). η > 0 adds DDIM's stochasticity, which
@@ -135,8 +157,12 @@ def sample_ddim(
 
 @torch.no_grad()
 def sample_ddpm(
-    model: DenoiseFn, x: torch.Tensor, sigmas: torch.Tensor, *,
-    generator: torch.Generator | None = None, callback: Callback | None = None,
+    model: DenoiseFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
 ) -> torch.Tensor:
     """Ancestral DDPM (Ho et al. 2020) with the posterior variance β̃: with ``vp_discrete_sigmas(1000)``
     this is the original 1000-step sampler. A VP Markov step is a VE increment of variance
