@@ -414,7 +414,7 @@ def run_doctor(
     )
 
     # Samplers against the closed form, with the data's per-channel mean/std.
-    mu, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"]).clamp_min(0.05)
+    mu, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"]).clamp_min(0.2)
     edm = make_formulation("edm")
     bad = []
     for name in SAMPLERS:

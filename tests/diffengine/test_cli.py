@@ -1,0 +1,116 @@
+"""CLI smoke: train 2 steps, resume, sample 4 images, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from diffengine.cli import main
+from diffengine.doctor import TINY_UNET
+
+TINY = [
+    "--unet",
+    f"resolution={TINY_UNET.resolution}",
+    "--unet",
+    f"model_channels={TINY_UNET.model_channels}",
+    "--unet",
+    f"channel_mult={TINY_UNET.channel_mult}",
+    "--unet",
+    "num_res_blocks=1",
+    "--unet",
+    "attn_resolutions=()",
+    "--unet",
+    f"num_groups={TINY_UNET.num_groups}",
+    "--unet",
+    f"head_dim={TINY_UNET.head_dim}",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def faces(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = shared_dir / "data" / "utkface"
+    path = tmp_path_factory.mktemp("faces") / "eight.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in sorted(p.name for p in folder.iterdir())[:8]:
+            zf.write(folder / name, name)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:.*only 8 images")
+def test_train_resume_sample(faces: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    run = tmp_path / "run"
+    args = [
+        "train",
+        str(faces),
+        "--preset",
+        "faces32",
+        "--out",
+        str(run),
+        "--batch-size",
+        "4",
+        "--log-every",
+        "1",
+        *TINY,
+    ]
+    result = runner.invoke(main, [*args, "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "step 2:" in result.output and (run / "checkpoints" / "step_00000002" / "ema.safetensors").is_file()
+    )
+    assert (run / "samples" / "latest.png").is_file()
+    # Same folder again without --resume: refused; with --resume: continues to step 3.
+    result = runner.invoke(main, [*args, "--max-steps", "3"])
+    assert result.exit_code == 1 and "--resume" in result.output
+    result = runner.invoke(main, [*args, "--max-steps", "3", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "resumed from" in result.output and (run / "checkpoints" / "step_00000003").is_dir()
+
+    grid = tmp_path / "out" / "grid.png"
+    result = runner.invoke(
+        main, ["sample", str(run), "--n", "4", "--steps", "3", "--sampler", "euler", "--out", str(grid)]
+    )
+    assert result.exit_code == 0, result.output
+    singles = sorted((tmp_path / "out" / "grid").glob("*.png"))
+    assert [p.name for p in singles] == [f"sample_{i:05d}.png" for i in range(4)]
+    assert all(Image.open(p).size == (16, 16) for p in singles)
+    assert Image.open(grid).size == (2 * 16 + 3 * 2,) * 2  # 2x2 grid with 2 px padding
+
+
+def test_bad_input_gives_clear_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = tmp_path / "nowhere"
+    result = runner.invoke(main, ["train", str(missing), "--out", str(tmp_path / "r"), "--preset", "faces32"])
+    assert result.exit_code == 1 and f"{missing}: no such file" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(main, ["train", str(empty), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "no images found" in result.output
+    result = runner.invoke(main, ["train", str(empty), "--preset", "faces1024"])
+    assert result.exit_code == 2 and "faces1024" in result.output
+    result = runner.invoke(main, ["train", str(empty), "--max-steps", "0"])
+    assert result.exit_code == 2 and "--max-steps" in result.output
+    result = runner.invoke(main, ["train", str(empty), "--unet", "model_channels=17"])
+    assert result.exit_code == 2 and "divisible" in result.output
+    result = runner.invoke(main, ["train", str(empty), "--unet", "nonsense"])
+    assert result.exit_code == 2 and "KEY=VALUE" in result.output
+    result = runner.invoke(main, ["sample", str(empty), "--n", "1"])
+    assert result.exit_code == 1 and "no checkpoint" in result.output
+    result = runner.invoke(main, ["sample", str(missing)])
+    assert result.exit_code == 2 and "not a run folder" in result.output
+    result = runner.invoke(main, ["doctor", str(missing)])
+    assert result.exit_code == 1 and "no such file" in result.output
