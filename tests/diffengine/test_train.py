@@ -16,6 +16,7 @@ from diffengine.data import DataCheckError, load_dataset, to_model_range
 from diffengine.doctor import TINY_UNET, overfit_one_batch
 from diffengine.generate import build_denoiser, load_run
 from diffengine.loss import diffusion_loss
+from diffengine.precond import Denoiser
 from diffengine.train import TrainConfig, effective_preset, learning_rate, resolve_precision, train
 
 
@@ -98,7 +99,7 @@ def test_train_loop_learns_and_writes_artefacts(faces: Path, tmp_path: Path) -> 
     # The model learned: loss at fixed σ and noise on the training faces fell for the EMA weights.
     x = to_model_range(load_dataset(faces, 16)[0])
 
-    def fixed_loss(denoiser: torch.nn.Module) -> float:
+    def fixed_loss(denoiser: Denoiser) -> float:
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
             return float(
