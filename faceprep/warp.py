@@ -29,6 +29,7 @@ from faceprep.types import FloatArray, ImageArray, Quad
 MIN_SIZE = 64
 MAX_SIZE = 1024
 SUPERSAMPLE = 2
+WARP_MODE = "bicubic"
 
 
 def check_size(size: int) -> None:
@@ -122,7 +123,7 @@ def extract_face(image: ImageArray, quad: Quad, size: int, fill: Fill) -> tuple[
     # 4. warp onto the grid: grid pixel → output coords → source → canvas → grid_sample's [-1, 1]
     theta = _grid_theta(output_to_source(quad, size), size, (ix0, iy0), (fx, fy), pad, canvas.shape)
     sample = F.affine_grid(theta[None], [1, 3, grid, grid], align_corners=False)
-    warped = F.grid_sample(canvas[None], sample, mode="bicubic", padding_mode="border", align_corners=False)
+    warped = F.grid_sample(canvas[None], sample, mode=WARP_MODE, padding_mode="border", align_corners=False)
     if grid != size:
         warped = F.interpolate(warped, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
     out = warped[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()

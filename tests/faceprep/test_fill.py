@@ -104,3 +104,22 @@ def test_gaussian_blur_matches_kornia(sigma: float) -> None:
     reference = gaussian_blur2d(image[None], (k, k), (sigma, sigma), border_type="reflect")[0]
     err = (F.gaussian_blur(image, sigma) - reference)[:, 20:-20, 20:-20].abs()
     assert float(err.mean()) < 0.02 * float(image.std())
+
+
+@pytest.mark.parametrize(
+    ("pad", "side"), [((37, 0, 55, 80), 600.0), ((0, 30, 0, 0), 1000.0), ((5, 6, 7, 8), 40.0)]
+)
+def test_mirror_blur_equals_the_full_size_ffhq_formula(pad: tuple[int, int, int, int], side: float) -> None:
+    """The fast path (blur on a reduced copy, upsampled only outside) against the script's formula."""
+    gen = torch.Generator().manual_seed(1)
+    small = torch.rand(1, 3, 20, 20, generator=gen) * 255
+    canvas = torch.nn.functional.interpolate(small, size=(300, 340), mode="bicubic")[0].clamp(0, 255)
+    h, w = canvas.shape[1:]
+    img = F.extend(canvas[:, pad[1] : h - pad[3], pad[0] : w - pad[2]], pad, reflect=True)
+    mask = F.fade_mask(h, w, pad, side)
+    img = img + (F.gaussian_blur(img, 0.02 * side) - img) * (mask * 3 + 1).clamp(0, 1)
+    median = img.flatten(1).median(dim=1).values
+    expected = img + (median[:, None, None] - img) * mask.clamp(0, 1)
+    outside = F.outside_mask(h, w, pad)
+    err = (F.fill_mirror_blur(canvas, pad, side) - expected)[:, outside].abs()
+    assert float(err.max()) < 1.5 and float(err.mean()) < 0.3
