@@ -142,3 +142,24 @@ def test_precision_policy_and_warmup() -> None:
         and learning_rate(99, 1.0, 4) == 1.0
     )
     assert learning_rate(0, 0.5, 0) == 0.5
+
+
+@pytest.mark.filterwarnings("ignore:.*only 8 images")
+def test_ctrl_c_saves_a_checkpoint_and_stops(faces: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    def press_ctrl_c(denoiser: Denoiser, step: int) -> dict[str, float]:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # lands in the loop's handler: finish the step, save, stop
+        return {"kid": float(step)}
+
+    out = tmp_path / "run"
+    result = train(tiny(faces, out, max_steps=50, kid_every=1), eval_fn=press_ctrl_c)
+    assert result.interrupted and result.step == 2
+    assert result.checkpoint == out / "checkpoints" / "step_00000002"
+    assert (result.checkpoint / "model.safetensors").is_file()
+    assert (out / "samples" / "latest.png").is_file()
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {"step": 1, "kid": 1.0} in records and {"step": 2, "kid": 2.0} in records
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
