@@ -62,13 +62,10 @@ def filled_fraction(quad: Quad, size: int, image_shape: tuple[int, ...]) -> floa
 
 
 def _canvas_range(lo: float, hi: float, n: int, margin: float) -> tuple[int, int, int, int]:
-    """Integer source range [c0, c1) covering [lo - margin, hi + margin] and its in-photo part [i0, i1),
-    which always holds at least one pixel (the nearest edge pixel when the quad misses the photo)."""
+    """Integer source range [c0, c1) covering [lo - margin, hi + margin] and its in-photo part [i0, i1)."""
     c0 = math.floor(lo - margin)
     c1 = math.ceil(hi + margin) + 1
-    i0 = min(max(c0, 0), n - 1)
-    i1 = max(min(c1, n), i0 + 1)
-    return min(c0, i0), max(c1, i1), i0, i1
+    return c0, c1, max(c0, 0), min(c1, n)
 
 
 def _to_tensor(crop: ImageArray) -> torch.Tensor:
@@ -80,7 +77,8 @@ def extract_face(image: ImageArray, quad: Quad, size: int, fill: Fill) -> tuple[
     """The (size, size, 3) uint8 crop of ``quad`` from ``image`` and its filled fraction.
 
     ``fill`` sets the part of the working canvas outside the photo (see faceprep.hookspecs.Fill).
-    Raises ValueError for a size outside 64…1024, a non-(H, W, 3) uint8 image or a degenerate quad.
+    Raises ValueError for a size outside 64…1024, a non-(H, W, 3) uint8 image, a degenerate quad or one
+    that does not overlap the photo at all.
     """
     check_size(size)
     _check_image(image)
@@ -99,6 +97,8 @@ def extract_face(image: ImageArray, quad: Quad, size: int, fill: Fill) -> tuple[
     margin = 4.0 * shrink + 2.0
     cx0, cx1, ix0, ix1 = _canvas_range(x0, x1, w, margin)
     cy0, cy1, iy0, iy1 = _canvas_range(y0, y1, h, margin)
+    if ix1 <= ix0 or iy1 <= iy0:
+        raise ValueError(f"quad {np.round(corners, 1).tolist()} lies entirely outside the {w}x{h} photo")
     inside = _to_tensor(image[iy0:iy1, ix0:ix1])
 
     # 2. shrink the in-photo part (antialiased, uint8 fast path)

@@ -91,7 +91,6 @@ def test_identity_quad_reproduces_the_image() -> None:
         ((-0.5, -0.5, 199.5, 199.5), 0.0),  # the whole photo
         ((99.5, -0.5, 299.5, 199.5), 0.5),  # half beyond the right edge
         ((-100.5, -100.5, 99.5, 99.5), 0.75),  # a quarter inside, at the top-left corner
-        ((400, 300, 500, 400), 1.0),  # entirely outside
     ],
 )
 def test_filled_fraction_on_constructed_cases(
@@ -103,6 +102,14 @@ def test_filled_fraction_on_constructed_cases(
     assert frac == pytest.approx(expected, abs=1e-9)
     assert filled_fraction(quad, 128, image.shape) == frac
     assert out.shape == (128, 128, 3)
+
+
+def test_quad_entirely_outside_the_photo() -> None:
+    image = render(200, 200, np.eye(2, 3))
+    quad = box_quad((400, 300, 500, 400))
+    assert filled_fraction(quad, 128, image.shape) == 1.0
+    with pytest.raises(ValueError, match="entirely outside the 200x200 photo"):
+        extract_face(image, quad, 128, reflect())
 
 
 def test_filled_fraction_of_a_rotated_quad_is_its_outside_area() -> None:
