@@ -149,9 +149,9 @@ class Pipeline:
         for index, det in enumerate(self.detect(image)):
             try:
                 quad = self.aligner.align(det, image.shape[:2])
-            except ValueError:  # degenerate landmarks (all points coincide): nothing to align
+                pixels, filled = extract_face(image, quad, self.config.size, self.fill)
+            except ValueError:  # degenerate landmarks, or a quad shifted entirely off the photo
                 continue
-            pixels, filled = extract_face(image, quad, self.config.size, self.fill)
             results = filters.face_filters(det, pixels, filled, self.config.thresholds)
             crop = FaceCrop(pixels, det, quad, index, float(filled), results, source)
             if self.duplicates is not None:
