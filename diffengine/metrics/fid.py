@@ -14,6 +14,7 @@ Every result records the sample counts it was computed from.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -66,6 +67,11 @@ class GaussianStats:
     sigma: Array
     count: int
 
+    @cached_property
+    def sqrt_sigma(self) -> Array:
+        """Σ^½ (symmetric PSD root), computed once: reused for every FID against these statistics."""
+        return _psd_sqrt(self.sigma)
+
 
 def _as_features(features: NDArray[np.floating] | torch.Tensor, name: str) -> Array:
     if isinstance(features, torch.Tensor):
@@ -117,11 +123,34 @@ def frechet_distance(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array) -> fl
 def fid_from_features(
     gen: NDArray[np.floating] | torch.Tensor, ref: GaussianStats | NDArray[np.floating] | torch.Tensor
 ) -> MetricResult:
-    """FID of generated features against reference features or precomputed reference statistics."""
-    g = gaussian_stats(gen)
+    """FID of generated features against reference features or precomputed reference statistics.
+
+    With ``R = Σ_ref^½`` (cached on the stats), ``tr((Σ_gen Σ_ref)^½) = Σ √eig(R Σ_gen R)``. For
+    ``n_gen ≤ D`` the non-zero eigenvalues of ``R Σ_gen R = YᵀY/(n−1)``, ``Y = (X − μ) R``, are those of
+    the small Gram matrix ``YYᵀ/(n−1)`` (n × n): exact, and no D × D eigendecomposition per evaluation.
+    """
+    x = _as_features(gen, "fid gen")
     r = ref if isinstance(ref, GaussianStats) else gaussian_stats(ref)
-    value = frechet_distance(g.mu, g.sigma, r.mu, r.sigma)
-    return MetricResult("fid", value, n_gen=g.count, n_ref=r.count)
+    n, d = x.shape
+    if n < 2:
+        raise ValueError(f"need at least 2 generated feature vectors, got {n}")
+    if r.mu.shape != (d,):
+        raise ValueError(f"feature dims differ: gen {d} vs ref {r.mu.shape}")
+    centred = x - x.mean(axis=0)
+    root = r.sqrt_sigma
+    if n <= d:
+        y = centred @ root
+        inner = y @ y.T / (n - 1)
+        trace_gen = float(np.sum(centred**2) / (n - 1))
+    else:
+        sigma_gen = centred.T @ centred / (n - 1)
+        inner = root @ sigma_gen @ root
+        trace_gen = float(np.trace(sigma_gen))
+    vals = np.linalg.eigvalsh((inner + inner.T) / 2)
+    trace_sqrt = float(np.sqrt(np.clip(vals, 0.0, None)).sum())
+    diff = x.mean(axis=0) - r.mu
+    value = float(diff @ diff + trace_gen + np.trace(r.sigma) - 2 * trace_sqrt)
+    return MetricResult("fid", max(value, 0.0), n_gen=n, n_ref=r.count)
 
 
 def _mmd2_unbiased(x: Array, y: Array) -> float:

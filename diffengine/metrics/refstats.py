@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ class RefStats:
     source: str
     split: str
 
-    @property
+    @cached_property
     def gaussian(self) -> GaussianStats:
         return GaussianStats(self.mu, self.sigma, self.count)
 

@@ -57,6 +57,18 @@ def test_frechet_matches_scipy_sqrtm_for_general_covariances() -> None:
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(frechet_distance(mu2, s2, mu1, s1), rel=1e-9)
 
 
+@pytest.mark.parametrize("n", [20, 100])  # n <= D: Gram-matrix path; n > D: full covariance path
+def test_fid_from_features_matches_frechet_distance_of_the_moments(n: int) -> None:
+    rng = np.random.default_rng(8)
+    d = 48
+    gen = rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) * 0.3 + 0.2
+    ref = rng.standard_normal((150, d)) @ rng.standard_normal((d, d)) * 0.3
+    g, r = gaussian_stats(gen), gaussian_stats(ref)
+    expected = frechet_distance(g.mu, g.sigma, r.mu, r.sigma)
+    # rel 1e-7: the D×D path takes √ of ~1e-13 round-off eigenvalues of the rank-deficient product.
+    assert fid_from_features(gen, r).value == pytest.approx(expected, rel=1e-7)
+
+
 def test_fid_of_identical_sets_is_zero_even_when_covariance_is_singular() -> None:
     rng = np.random.default_rng(2)
     feats = rng.standard_normal((50, 128)).astype(np.float32)  # rank 49 < 128
