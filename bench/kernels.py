@@ -63,7 +63,7 @@ def unet_denoiser(preset: str, device: str) -> tuple[torch.nn.Module, Callable[.
 def cpu_overhead_study() -> None:
     """Python glue vs network time per sampling step (faces32, batch 8, 20 Euler steps)."""
     torch.manual_seed(0)
-    net, denoise = unet_denoiser("faces32", "cpu")
+    _net, denoise = unet_denoiser("faces32", "cpu")
     x = torch.randn(8, 3, 32, 32) * 80
     sigmas = torch.cat([torch.logspace(1.9, -2.7, 20), torch.zeros(1)])
     with torch.no_grad():
@@ -150,7 +150,8 @@ def gpu_tables() -> None:
         graph = gpu_median(lambda: graphed(noise), n=5, warmup=2)
     print(
         f"  eager {eager * 1e3:.1f} ms, CUDA graph {graph * 1e3:.1f} ms, "
-        f"per-step overhead removed {(eager - graph) / 20 * 1e3:.2f} ms ({(eager - graph) / eager * 100:.1f}%)"
+        f"per-step overhead removed {(eager - graph) / 20 * 1e3:.2f} ms "
+        f"({(eager - graph) / eager * 100:.1f}%)"
     )
     set_backend(None)
 
