@@ -3,6 +3,7 @@ takes ``n`` steps from ``sigmas[0]`` to a clean image."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -33,8 +34,8 @@ def exponential_sigmas(n: int, sigma_min: float, sigma_max: float) -> torch.Tens
     """σ evenly spaced in log σ from σ_max to σ_min, then 0."""
     _check(n, sigma_min, sigma_max)
     ramp = torch.linspace(0, 1, n, dtype=torch.float64) if n > 1 else torch.zeros(1, dtype=torch.float64)
-    log_hi, log_lo = torch.tensor(sigma_max).log(), torch.tensor(sigma_min).log()
-    return _append_zero((log_hi + ramp * (log_lo - log_hi)).exp().double())
+    log_hi, log_lo = math.log(sigma_max), math.log(sigma_min)
+    return _append_zero((log_hi + ramp * (log_lo - log_hi)).exp())
 
 
 def vp_discrete_sigmas(n: int, formulation: VPBase | None = None) -> torch.Tensor:
