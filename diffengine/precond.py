@@ -87,11 +87,20 @@ class VPBase(Formulation):
     beta_start: float = 1e-4
     beta_end: float = 0.02
     sigmas: torch.Tensor = field(init=False, repr=False, compare=False)  # (T,) σ of timestep t = 0 … T−1
+    _log_sigmas: dict[torch.device, torch.Tensor] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         betas = torch.linspace(self.beta_start, self.beta_end, self.num_timesteps, dtype=torch.float64)
         alphas_cumprod = torch.cumprod(1 - betas, dim=0)
         object.__setattr__(self, "sigmas", ((1 - alphas_cumprod) / alphas_cumprod).sqrt())
+        object.__setattr__(self, "_log_sigmas", {})
+
+    def _log_table(self, device: torch.device) -> torch.Tensor:
+        """log σ table on ``device``, copied there once (no host transfer per call: CUDA-graph safe)."""
+        cache: dict[torch.device, torch.Tensor] = self._log_sigmas
+        if device not in cache:
+            cache[device] = self.sigmas.log().to(device)
+        return cache[device]
 
     @property
     def sigma_min(self) -> float:  # type: ignore[override]
@@ -103,7 +112,7 @@ class VPBase(Formulation):
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Fractional timestep: linear interpolation of the index in log σ (k-diffusion's convention)."""
-        log_sigmas = self.sigmas.log().to(sigma.device)
+        log_sigmas = self._log_table(sigma.device)
         log_sigma = sigma.double().log().clamp(log_sigmas[0], log_sigmas[-1])
         hi = torch.searchsorted(log_sigmas, log_sigma).clamp(1, self.num_timesteps - 1)
         lo = hi - 1
@@ -112,7 +121,7 @@ class VPBase(Formulation):
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`sigma_to_t` (log-linear interpolation of the σ table)."""
-        log_sigmas = self.sigmas.log().to(t.device)
+        log_sigmas = self._log_table(t.device)
         t = t.double().clamp(0, self.num_timesteps - 1)
         lo = t.floor().long().clamp(max=self.num_timesteps - 2)
         frac = t - lo
