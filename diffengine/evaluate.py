@@ -93,20 +93,23 @@ def steps_for_nfe(sampler: str, target_nfe: int) -> int:
     return target_nfe
 
 
-def _load(run_dir: str | Path, device: str) -> Any:
+def _load(run_dir: str | Path, device: str) -> tuple[Any, str]:
+    """The run's EMA denoiser and the σ schedule it was trained to sample with."""
     from diffengine.generate import load_run
 
-    denoiser, _preset = load_run(Path(run_dir), device=device)
-    return denoiser
+    denoiser, preset = load_run(Path(run_dir), device=device)
+    return denoiser, str(preset.schedule)
 
 
 def _generate(
-    denoiser: Any, n: int, sampler: str, steps: int, seed: int, batch_size: int
+    denoiser: Any, n: int, sampler: str, steps: int, seed: int, batch_size: int, schedule: str = "karras"
 ) -> tuple[torch.Tensor, float]:
     from diffengine.generate import generate
 
     start = time.perf_counter()
-    images = generate(denoiser, n=n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size)
+    images = generate(
+        denoiser, n=n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, schedule=schedule
+    )
     return images, time.perf_counter() - start
 
 
@@ -157,8 +160,8 @@ def evaluate_run(
     """Generate ``n`` samples from the run's (EMA) model and score them against ``ref``."""
     start = time.perf_counter()
     extractor = extractor or default_extractor(device)
-    denoiser = _load(run_dir, device)
-    images, gen_s = _generate(denoiser, n, sampler, steps, seed, batch_size)
+    denoiser, schedule = _load(run_dir, device)
+    images, gen_s = _generate(denoiser, n, sampler, steps, seed, batch_size, schedule)
     stats = (
         ref
         if isinstance(ref, RefStats)
@@ -166,7 +169,7 @@ def evaluate_run(
     )
     results = score_images(images, stats, extractor, batch_size=batch_size, with_pr=with_pr, seed=seed)
     row = _row(results, sampler=sampler, steps=steps, n=n, gen_s=gen_s, total_s=time.perf_counter() - start)
-    row.update(_context(run_dir, stats, seed))
+    row.update(_context(run_dir, stats, seed), schedule=schedule)
     if verbose:
         print(f"{run_dir}: {sampler} {steps} steps (NFE {row['nfe']}), {n} samples vs {stats.describe()}")
         print(format_results(results))
@@ -232,14 +235,14 @@ def sweep(
 ) -> dict[str, Any]:
     """Quality vs NFE for each sampler: one row per (sampler, NFE); table printed, JSON + PNG written."""
     extractor = extractor or default_extractor(device)
-    denoiser = _load(run_dir, device)
+    denoiser, schedule = _load(run_dir, device)
     stats: RefStats | None = ref if isinstance(ref, RefStats) else None
     rows: list[dict[str, Any]] = []
     for name in samplers:
         for target in nfes:
             steps = steps_for_nfe(name, target)
             start = time.perf_counter()
-            images, gen_s = _generate(denoiser, n, name, steps, seed, batch_size)
+            images, gen_s = _generate(denoiser, n, name, steps, seed, batch_size, schedule)
             if stats is None:
                 assert not isinstance(ref, RefStats)
                 stats = _refstats(
@@ -253,7 +256,7 @@ def sweep(
             if verbose:
                 print(_table_line(row), flush=True)
     assert stats is not None
-    table = {"rows": rows, **_context(run_dir, stats, seed)}
+    table = {"rows": rows, "schedule": schedule, **_context(run_dir, stats, seed)}
     if verbose:
         print(format_table(rows))
     if out is not None:
@@ -315,6 +318,7 @@ def kid_during_training(
     seed: int = 0,
     batch_size: int = 64,
     extractor: InceptionFeatures | None = None,
+    schedule: str = "karras",
 ) -> dict[str, Any]:
     """Small-sample KID of ``denoiser`` (fixed seed → comparable across steps) for the training log.
 
@@ -326,7 +330,7 @@ def kid_during_training(
     if extractor is None:
         params = next(iter(denoiser.parameters()), None) if isinstance(denoiser, torch.nn.Module) else None
         extractor = default_extractor(str(params.device) if params is not None else "cpu")
-    images, _ = _generate(denoiser, n, sampler, steps, seed, batch_size)
+    images, _ = _generate(denoiser, n, sampler, steps, seed, batch_size, schedule)
     (result,) = score_images(
         images, ref, extractor, batch_size=batch_size, with_fid=False, seed=seed, kid_subsets=50
     )
