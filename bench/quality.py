@@ -191,7 +191,7 @@ def train_baseline(
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         step += 1
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
     wall = time.perf_counter() - start
     info = {
         "model": "diffusers UNet2DModel + DDPMScheduler (eps, linear beta, 1000 steps, no EMA)",
