@@ -163,3 +163,16 @@ def test_unknown_names_and_fields_are_reported() -> None:
     data["unet"]["widht"] = 3
     with pytest.raises(ValueError, match="unknown UNetConfig fields \\['widht'\\]"):
         config_from_dict(data, Preset)
+
+
+def test_bf16_autocast_matches_fp32_loosely() -> None:
+    """The precision policy's bf16 path: same network, autocast on, output close to fp32."""
+    net = _perturbed(TINY).eval()
+    x, c = torch.randn(2, 3, 16, 16), torch.tensor([0.2, -0.7])
+    with torch.no_grad():
+        ref = net(x, c)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = net(x, c)
+    assert low.dtype == torch.bfloat16
+    scale = ref.abs().max().item()
+    assert scale > 1e-3 and (low.float() - ref).abs().max().item() < 0.05 * scale
