@@ -51,7 +51,8 @@ def test_crop_frame_round_trip(
     step = frame.to_photo(np.array([[0.0, 0.0], [1.0, 0.0]]))  # one crop pixel along x
     d = step[1] - step[0]
     assert np.hypot(*d) == pytest.approx(1 / scale)
-    assert np.degrees(np.arctan2(d[1], d[0])) == pytest.approx(angle, abs=1e-6) or abs(angle) == 180
+    wrapped = (np.degrees(np.arctan2(d[1], d[0])) - angle + 180.0) % 360.0 - 180.0  # ±180° are one angle
+    assert min(abs(wrapped), 360.0 - abs(wrapped)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_cut_matches_plain_crop_and_rot90() -> None:
