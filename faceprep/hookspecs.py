@@ -53,7 +53,9 @@ class Aligner(Protocol):
 
 
 class Fill(Protocol):
-    def __call__(self, canvas: torch.Tensor, pad: tuple[int, int, int, int], quad_side: float) -> torch.Tensor: ...
+    def __call__(
+        self, canvas: torch.Tensor, pad: tuple[int, int, int, int], quad_side: float
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
