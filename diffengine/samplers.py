@@ -4,7 +4,9 @@
 the denoised estimate D(x; σ) for ``sigma`` of shape (B,), ``x`` starts as ``noise · sigmas[0]`` and
 ``sigmas`` is a decreasing schedule ending in 0 (see :mod:`diffengine.schedules`). Samplers only ever see
 D, so each works with every formulation. ``callback`` gets a dict (i, x, sigma, sigma_next, denoised)
-after every step. The update arithmetic lives in :mod:`diffengine.kernels` (fused on GPUs).
+after every step. The Euler, Heun and DPM-Solver++(2M) update rules live in
+:mod:`diffengine.kernels.cuda_graph` (which also runs them as a CUDA graph), their arithmetic in the fused
+step ops of :mod:`diffengine.kernels`; this module adds σ checks and the stochastic samplers.
 """
 
 from __future__ import annotations
@@ -16,6 +18,16 @@ from typing import Any, Protocol
 import torch
 
 from diffengine import kernels
+from diffengine.kernels.cuda_graph import (
+    Denoiser,
+    Step,
+    denoise,
+    dpmpp2m_update,
+    euler_update,
+    heun_update,
+    run_steps,
+    schedule_steps,
+)
 
 
 class DenoiseFn(Protocol):
@@ -25,24 +37,14 @@ class DenoiseFn(Protocol):
 Callback = Callable[[dict[str, Any]], None]
 
 
-def _denoise(model: DenoiseFn, x: torch.Tensor, sigma: float) -> torch.Tensor:
-    return model(x, torch.full((x.shape[0],), sigma, device=x.device, dtype=torch.float32)).to(x.dtype)
-
-
-def _report(
-    callback: Callback | None, i: int, x: torch.Tensor, s: float, s_next: float, d: torch.Tensor
-) -> None:
-    if callback is not None:
-        callback({"i": i, "x": x, "sigma": s, "sigma_next": s_next, "denoised": d})
-
-
-def _pairs(sigmas: torch.Tensor) -> list[tuple[float, float]]:
+def _steps(sigmas: torch.Tensor) -> list[Step]:
+    """The schedule's steps with σ as floats, after checking it decreases strictly to a value >= 0."""
     values = [float(s) for s in sigmas]
     if len(values) < 2:
         raise ValueError("sigmas needs at least two values (one step)")
     if any(b >= a for a, b in itertools.pairwise(values)) or values[-1] < 0:
         raise ValueError(f"sigmas must decrease strictly to a value >= 0, got {values[:3]}…{values[-2:]}")
-    return list(itertools.pairwise(values))
+    return schedule_steps(values, values)
 
 
 @torch.no_grad()
@@ -55,11 +57,7 @@ def sample_euler(
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """First-order Euler on the probability-flow ODE dx/dσ = (x − D(x; σ))/σ (EDM eq. 4)."""
-    for i, (s, s_next) in enumerate(_pairs(sigmas)):
-        d = _denoise(model, x, s)
-        x = kernels.euler_step(x, d, s, s_next)
-        _report(callback, i, x, s, s_next, d)
-    return x
+    return run_steps(euler_update, model, x, _steps(sigmas), callback)
 
 
 @torch.no_grad()
@@ -72,14 +70,7 @@ def sample_heun(
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """EDM Algorithm 1 (deterministic Heun): second order except the final step to σ = 0 (2n − 1 NFE)."""
-    for i, (s, s_next) in enumerate(_pairs(sigmas)):
-        d = _denoise(model, x, s)
-        x_next = kernels.euler_step(x, d, s, s_next)
-        if s_next > 0:
-            x_next = kernels.heun_correct(x, x_next, d, _denoise(model, x_next, s_next), s, s_next)
-        x = x_next
-        _report(callback, i, x, s, s_next, d)
-    return x
+    return run_steps(heun_update, model, x, _steps(sigmas), callback)
 
 
 @torch.no_grad()
@@ -92,14 +83,7 @@ def sample_dpmpp_2m(
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022): multistep second order, one NFE per step."""
-    old_d: torch.Tensor | None = None
-    s_prev: float | None = None
-    for i, (s, s_next) in enumerate(_pairs(sigmas)):
-        d = _denoise(model, x, s)
-        x = kernels.dpmpp2m_step(x, d, old_d, s, s_next, s_prev)
-        _report(callback, i, x, s, s_next, d)
-        old_d, s_prev = d, s
-    return x
+    return run_steps(dpmpp2m_update, model, x, _steps(sigmas), callback)
 
 
 def _ancestral_split(s: float, s_next: float, eta: float) -> tuple[float, float]:
@@ -125,16 +109,20 @@ def sample_euler_ancestral(
     With η = 1 the step draws exactly from the DDPM posterior q(x_next | x, y = D(x; σ)) (mean
     D + σ_next²/σ²·(x − D), variance σ_next²(σ² − σ_next²)/σ²); η = 0 is plain Euler.
     """
-    for i, (s, s_next) in enumerate(_pairs(sigmas)):
-        d = _denoise(model, x, s)
-        down, up = _ancestral_split(s, s_next, eta)
-        x = kernels.euler_step(x, d, s, down)
+
+    def update(
+        model: Denoiser, x: torch.Tensor, step: Step, old: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        d = denoise(model, x, step.sigma)
+        down, up = _ancestral_split(float(step.sigma), float(step.sigma_next), eta)
+        x = kernels.euler_step(x, d, step.sigma, down)
         if up > 0:
             gen_device = generator.device if generator is not None else x.device
             noise = torch.randn(x.shape, generator=generator, device=gen_device).to(x.device, x.dtype)
             x = x + up * noise
-        _report(callback, i, x, s, s_next, d)
-    return x
+        return x, d
+
+    return run_steps(update, model, x, _steps(sigmas), callback)
 
 
 @torch.no_grad()

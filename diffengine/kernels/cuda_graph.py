@@ -1,9 +1,12 @@
-"""A whole ODE sampling loop as one CUDA graph: Python runs once at capture, replays cost one launch.
+"""The ODE sampling loop, shared by ``diffengine.samplers`` and a CUDA graph that replays it in one launch.
 
-``sampling_loop`` is the plain loop (Euler, Heun or DPM-Solver++(2M)) written so that it never
-synchronises with the host: σ stay on the device and each step reads its σ through a 0-d view, the
-fused step kernels read it in-kernel. ``make_sampler`` captures that loop for fixed shapes on CUDA
-(``torch.cuda.CUDAGraph``) and, anywhere else or when capture is off, returns the same loop run eagerly.
+Each solver is one *update rule* ``(model, x, step, previous denoised) -> (x_next, denoised)`` over the
+fused step ops of ``sampler_steps.py``; ``run_steps`` drives a rule along a schedule. A :class:`Step`
+holds its σ either as Python floats (``diffengine.samplers``) or as 0-d views of a σ tensor on the
+device, which the fused kernels read in-kernel, so the loop never synchronises with the host.
+``sampling_loop`` is that loop for Euler, Heun or DPM-Solver++(2M); ``make_sampler`` captures it for
+fixed shapes on CUDA (``torch.cuda.CUDAGraph``) and, anywhere else or when capture is off, returns the
+same loop run eagerly.
 
 The denoiser is ``denoiser(x, sigma) -> denoised`` with ``sigma`` a (B,) tensor on x's device; for
 capture it must itself be capturable (no ``.item()``, no host sync, static shapes).
@@ -11,16 +14,96 @@ capture it must itself be capturable (no ``.item()``, no host sync, static shape
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
-from diffengine.kernels.sampler_steps import dpmpp2m_step, euler_step, heun_correct
+from diffengine.kernels.sampler_steps import Sigma, dpmpp2m_step, euler_step, heun_correct
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Callback = Callable[[dict[str, Any]], None]
 Method = Literal["euler", "heun", "dpmpp2m"]
 METHODS: tuple[Method, ...] = ("euler", "heun", "dpmpp2m")
+
+
+@dataclass(frozen=True)
+class Step:
+    """Step ``i`` of a schedule, σ_i → σ_{i+1}; ``to_zero`` (σ_{i+1} = 0) is known on the host."""
+
+    i: int
+    sigma: Sigma
+    sigma_next: Sigma
+    sigma_prev: Sigma | None  # σ_{i−1}; None at the first step
+    to_zero: bool
+
+
+# (model, x, step, denoised of the previous step or None) -> (x_next, denoised at x)
+Update = Callable[[Denoiser, torch.Tensor, Step, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
+
+
+def schedule_steps(sigmas: Sequence[Sigma], host: Sequence[float]) -> list[Step]:
+    """The steps along ``sigmas`` (floats, or a 1-D tensor whose 0-d views become the step σ);
+    ``host`` holds the same values as floats."""
+    return [
+        Step(i, sigmas[i], sigmas[i + 1], sigmas[i - 1] if i > 0 else None, host[i + 1] == 0)
+        for i in range(len(host) - 1)
+    ]
+
+
+def denoise(model: Denoiser, x: torch.Tensor, sigma: Sigma) -> torch.Tensor:
+    """D(x; σ) with σ broadcast to the batch (a float becomes an fp32 tensor), in x's dtype."""
+    if isinstance(sigma, torch.Tensor):
+        sigma_b = sigma.expand(x.shape[0])
+    else:
+        sigma_b = torch.full((x.shape[0],), sigma, device=x.device, dtype=torch.float32)
+    return model(x, sigma_b).to(x.dtype)
+
+
+def euler_update(
+    model: Denoiser, x: torch.Tensor, step: Step, old: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """First-order Euler on the probability-flow ODE dx/dσ = (x − D(x; σ))/σ (EDM eq. 4)."""
+    d = denoise(model, x, step.sigma)
+    return euler_step(x, d, step.sigma, step.sigma_next), d
+
+
+def heun_update(
+    model: Denoiser, x: torch.Tensor, step: Step, old: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """EDM Algorithm 1 (deterministic Heun): Euler, then the trapezoidal correction unless σ_next = 0."""
+    d = denoise(model, x, step.sigma)
+    x_next = euler_step(x, d, step.sigma, step.sigma_next)
+    if not step.to_zero:
+        d_next = denoise(model, x_next, step.sigma_next)
+        x_next = heun_correct(x, x_next, d, d_next, step.sigma, step.sigma_next)
+    return x_next, d
+
+
+def dpmpp2m_update(
+    model: Denoiser, x: torch.Tensor, step: Step, old: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPM-Solver++(2M) (Lu et al. 2022): multistep second order from the previous denoised, one NFE."""
+    d = denoise(model, x, step.sigma)
+    return dpmpp2m_step(x, d, old, step.sigma, step.sigma_next, step.sigma_prev), d
+
+
+UPDATES: dict[Method, Update] = {"euler": euler_update, "heun": heun_update, "dpmpp2m": dpmpp2m_update}
+
+
+def run_steps(
+    update: Update, model: Denoiser, x: torch.Tensor, steps: Sequence[Step], callback: Callback | None = None
+) -> torch.Tensor:
+    """Apply ``update`` along ``steps``; ``callback`` gets (i, x, sigma, sigma_next, denoised) after each."""
+    old: torch.Tensor | None = None
+    for step in steps:
+        x, old = update(model, x, step, old)
+        if callback is not None:
+            callback(
+                {"i": step.i, "x": x, "sigma": step.sigma, "sigma_next": step.sigma_next, "denoised": old}
+            )
+    return x
 
 
 def sampling_loop(
@@ -40,23 +123,7 @@ def sampling_loop(
     if sigmas.ndim != 1 or sigmas.numel() < 2:
         raise ValueError(f"sigmas must be a 1-D tensor of at least 2 values, got shape {tuple(sigmas.shape)}")
     host = sigmas_host if sigmas_host is not None else sigmas.tolist()
-    batch = x.shape[0]
-    old: torch.Tensor | None = None
-    for i in range(sigmas.numel() - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        denoised = denoiser(x, s.expand(batch))
-        if method == "euler":
-            x = euler_step(x, denoised, s, s_next)
-        elif method == "heun":
-            x_next = euler_step(x, denoised, s, s_next)
-            if host[i + 1] > 0:
-                denoised_next = denoiser(x_next, s_next.expand(batch))
-                x_next = heun_correct(x, x_next, denoised, denoised_next, s, s_next)
-            x = x_next
-        else:
-            x = dpmpp2m_step(x, denoised, old, s, s_next, sigmas[i - 1] if i > 0 else None)
-            old = denoised
-    return x
+    return run_steps(UPDATES[method], denoiser, x, schedule_steps(list(sigmas.unbind()), host))
 
 
 def make_sampler(
