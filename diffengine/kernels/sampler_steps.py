@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from diffengine.kernels._triton import dense_like, kernel, tl
+from diffengine.kernels._triton import Kernel, dense_like, kernel, tl
 from diffengine.kernels.backend import use_triton
 
 Sigma = float | torch.Tensor
@@ -179,16 +179,24 @@ def _dispatch(tensors: tuple[torch.Tensor, ...], sigmas: tuple[Sigma | None, ...
     return use_triton(*tensors, *sigma_tensors, unsupported=_unsupported(*tensors, sigmas=sigmas))
 
 
+def _launch(
+    kern: Kernel, tensors: tuple[torch.Tensor, ...], sigmas: tuple[Sigma | None, ...], **meta: bool
+) -> torch.Tensor:
+    """Run a step kernel over ``tensors`` (laid out like the first; the output too), then n and the σ."""
+    x = dense_like(tensors[0], tensors[0])
+    out = torch.empty_like(x)
+    n = x.numel()
+    args, ptr = _sigma_args(*sigmas, like=x)
+    others = (dense_like(t, x) for t in tensors[1:])
+    kern[(-(-n // BLOCK),)](x, *others, out, n, *args, SIG_PTR=ptr, BLOCK=BLOCK, **meta)
+    return out
+
+
 def euler_step(x: torch.Tensor, denoised: torch.Tensor, sigma: Sigma, sigma_next: Sigma) -> torch.Tensor:
     """x + (sigma_next − sigma) · (x − denoised) / sigma (EDM eq. 5 Euler step)."""
     if not _dispatch((x, denoised), (sigma, sigma_next)):
         return euler_step_reference(x, denoised, sigma, sigma_next)
-    x = dense_like(x, x)
-    out = torch.empty_like(x)
-    n = x.numel()
-    args, ptr = _sigma_args(sigma, sigma_next, like=x)
-    _euler_kernel[(-(-n // BLOCK),)](x, dense_like(denoised, x), out, n, *args, SIG_PTR=ptr, BLOCK=BLOCK)
-    return out
+    return _launch(_euler_kernel, (x, denoised), (sigma, sigma_next))
 
 
 def heun_correct(
@@ -200,15 +208,10 @@ def heun_correct(
     sigma_next: Sigma,
 ) -> torch.Tensor:
     """Heun's second-order correction (EDM Algorithm 1, lines 9–11), from x at sigma."""
-    if not _dispatch((x, x_next, denoised, denoised_next), (sigma, sigma_next)):
-        return heun_correct_reference(x, x_next, denoised, denoised_next, sigma, sigma_next)
-    x = dense_like(x, x)
-    out = torch.empty_like(x)
-    n = x.numel()
-    args, ptr = _sigma_args(sigma, sigma_next, like=x)
-    others = (dense_like(t, x) for t in (x_next, denoised, denoised_next))
-    _heun_kernel[(-(-n // BLOCK),)](x, *others, out, n, *args, SIG_PTR=ptr, BLOCK=BLOCK)
-    return out
+    tensors = (x, x_next, denoised, denoised_next)
+    if not _dispatch(tensors, (sigma, sigma_next)):
+        return heun_correct_reference(*tensors, sigma, sigma_next)
+    return _launch(_heun_kernel, tensors, (sigma, sigma_next))
 
 
 def dpmpp2m_step(
@@ -225,16 +228,9 @@ def dpmpp2m_step(
     """
     if old_denoised is None or sigma_prev is None:
         old_denoised, sigma_prev = None, None
-    tensors = (x, denoised) if old_denoised is None else (x, denoised, old_denoised)
-    if not _dispatch(tensors, (sigma, sigma_next, sigma_prev)):
-        return dpmpp2m_step_reference(x, denoised, old_denoised, sigma, sigma_next, sigma_prev)
-    x = dense_like(x, x)
-    out = torch.empty_like(x)
-    n = x.numel()
-    args, ptr = _sigma_args(sigma, sigma_next, sigma_prev, like=x)
-    old = dense_like(old_denoised, x) if old_denoised is not None else x
-    _dpmpp2m_kernel[(-(-n // BLOCK),)](
-        x, dense_like(denoised, x), old, out, n, *args,
-        SIG_PTR=ptr, HAS_OLD=old_denoised is not None, BLOCK=BLOCK,
-    )  # fmt: skip
-    return out
+    sigmas = (sigma, sigma_next, sigma_prev)
+    tensors: tuple[torch.Tensor, ...] = (x, denoised) if old_denoised is None else (x, denoised, old_denoised)
+    if not _dispatch(tensors, sigmas):
+        return dpmpp2m_step_reference(x, denoised, old_denoised, *sigmas)
+    has_old = old_denoised is not None
+    return _launch(_dpmpp2m_kernel, tensors if has_old else (*tensors, x), sigmas, HAS_OLD=has_old)
