@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - CPU installs without the ``triton`` ex
     triton = None
     tl = None
 
-__all__ = ["Kernel", "kernel", "next_pow2", "tl", "triton"]
+__all__ = ["Kernel", "cdiv", "kernel", "next_pow2", "tl", "triton"]
 
 
 class Kernel:
@@ -157,6 +157,11 @@ _INTERPRETED: dict[int, tuple[object, object]] = {}
 def kernel(fn: Callable[..., None]) -> Kernel:
     """Decorator: mark ``fn`` as a Triton kernel (see the module docstring)."""
     return Kernel(fn)
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division: the number of ``b``-sized blocks that cover ``a``."""
+    return -(-a // b)
 
 
 def next_pow2(n: int) -> int:

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from diffengine.kernels._triton import kernel, next_pow2, tl
+from diffengine.kernels._triton import cdiv, kernel, next_pow2, tl
 from diffengine.kernels.backend import get_backend, interpreting, use_triton
 
 MAX_HEAD_DIM = 128
@@ -165,13 +166,19 @@ def _dot_type(dtype: torch.dtype) -> object:
     return {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
 
 
-def _config(n: int, d: int, block_m: int | None, block_n: int | None) -> tuple[int, int, int, str]:
+def _meta(q: torch.Tensor, block_m: int | None, block_n: int | None) -> dict[str, Any]:
+    """Tile sizes, matmul precision and operand type shared by the forward and backward launches."""
+    n, d = q.shape[-2:]
     block_d = max(16, next_pow2(d))
     small = max(16, next_pow2(n))
-    bm = block_m or (64 if n >= 64 else small)
-    bn = block_n or ((32 if block_d > 64 else 64) if n >= 64 else small)
-    precision = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
-    return bm, bn, block_d, precision
+    return {
+        "BLOCK_M": block_m or (64 if n >= 64 else small),
+        "BLOCK_N": block_n or ((32 if block_d > 64 else 64) if n >= 64 else small),
+        "BLOCK_D": block_d,
+        "PRECISION": "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32",
+        "DOT_T": _dot_type(q.dtype),
+        "num_warps": 4,
+    }
 
 
 class _FlashAttention(torch.autograd.Function):
@@ -186,16 +193,15 @@ class _FlashAttention(torch.autograd.Function):
     ) -> torch.Tensor:
         q, k, v = (t.contiguous() for t in (q, k, v))
         b, h, n, d = q.shape
-        bm, bn, bd, precision = _config(n, d, block_m, block_n)
+        meta = _meta(q, block_m, block_n)
         sm_scale = 1.0 / math.sqrt(d)
         o = torch.empty_like(q)
         lse = torch.empty(b * h, n, device=q.device, dtype=torch.float32)
-        _attn_fwd_kernel[(triton_cdiv(n, bm), b * h)](
+        _attn_fwd_kernel[(cdiv(n, meta["BLOCK_M"]), b * h)](
             q, k, v, o, lse, sm_scale * _LOG2E, n, h, d,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PRECISION=precision, DOT_T=_dot_type(q.dtype),
-            num_warps=4, num_stages=2,
+            **meta, num_stages=2,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.blocks = (block_m, block_n)  # type: ignore[attr-defined]
@@ -208,20 +214,15 @@ class _FlashAttention(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors  # type: ignore[attr-defined]
         do = do.contiguous()
         b, h, n, d = q.shape
-        bm, bn, bd, precision = _config(n, d, *ctx.blocks)  # type: ignore[attr-defined]
+        meta = _meta(q, *ctx.blocks)  # type: ignore[attr-defined]
         sm_scale = 1.0 / math.sqrt(d)
         delta = (do.float() * o.float()).sum(-1).view(b * h, n)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         common = (sm_scale, sm_scale * _LOG2E, n, h, d, q.stride(0), q.stride(1), q.stride(2))
-        meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "PRECISION": precision, "num_warps": 4}
-        meta["DOT_T"] = _dot_type(q.dtype)
-        _attn_bwd_dkdv_kernel[(triton_cdiv(n, bn), b * h)](q, k, v, do, lse, delta, dk, dv, *common, **meta)
-        _attn_bwd_dq_kernel[(triton_cdiv(n, bm), b * h)](q, k, v, do, lse, delta, dq, *common, **meta)
+        dkdv_grid = (cdiv(n, meta["BLOCK_N"]), b * h)
+        _attn_bwd_dkdv_kernel[dkdv_grid](q, k, v, do, lse, delta, dk, dv, *common, **meta)
+        _attn_bwd_dq_kernel[(cdiv(n, meta["BLOCK_M"]), b * h)](q, k, v, do, lse, delta, dq, *common, **meta)
         return dq, dk, dv, None, None
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:

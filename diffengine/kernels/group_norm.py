@@ -12,6 +12,8 @@ Works on NCHW and channels_last memory (any layout whose H and W merge into one 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -188,6 +190,32 @@ def _blocks(cpg: int, hw: int) -> tuple[int, int, int]:
     return block_c, block_hw, num_warps
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What the forward and backward launches share: grid, shape/stride arguments, constexprs."""
+
+    grid: tuple[int]  # one program per (sample, group)
+    shape_args: tuple[int, ...]  # C, HW, G, CPG, stride_xb, stride_xc, stride_xhw
+    group_size: int  # elements per (sample, group)
+    meta: dict[str, int | bool]
+
+
+def _plan(
+    x: torch.Tensor, num_groups: int, scale: torch.Tensor | None, shift: torch.Tensor | None, silu: bool
+) -> tuple[torch.Tensor, _Plan]:
+    """``x`` in a layout the kernels can walk, and the launch plan for it."""
+    x, sb, sc, shw = _layout(x)
+    b, c = x.shape[:2]
+    hw = x.numel() // max(1, b * c)
+    cpg = c // num_groups
+    block_c, block_hw, warps = _blocks(cpg, hw)
+    meta: dict[str, int | bool] = {
+        "HAS_SCALE": scale is not None, "HAS_SHIFT": shift is not None, "SILU": silu,
+        "BLOCK_C": block_c, "BLOCK_HW": block_hw, "num_warps": warps,
+    }  # fmt: skip
+    return x, _Plan((b * num_groups,), (c, hw, num_groups, cpg, sb, sc, shw), cpg * hw, meta)
+
+
 def _check(x: torch.Tensor, weight: torch.Tensor, num_groups: int, scale: torch.Tensor | None) -> None:
     if x.ndim < 3:
         raise ValueError(f"group_norm_silu expects (B, C, H, W), got shape {tuple(x.shape)}")
@@ -214,21 +242,15 @@ class _GroupNormSiLU(torch.autograd.Function):
         silu: bool,
     ) -> torch.Tensor:
         shape = x.shape
-        x, sb, sc, shw = _layout(x)
-        b, c = x.shape[:2]
-        hw = x.numel() // max(1, b * c)
-        cpg = c // num_groups
+        x, plan = _plan(x, num_groups, scale, shift, silu)
         scale_c = scale.contiguous() if scale is not None else None
         shift_c = shift.contiguous() if shift is not None else None
         y = torch.empty_like(x)
-        mean = torch.empty(b * num_groups, device=x.device, dtype=torch.float32)
+        mean = torch.empty(plan.grid[0], device=x.device, dtype=torch.float32)
         rstd = torch.empty_like(mean)
-        block_c, block_hw, warps = _blocks(cpg, hw)
-        _gn_fwd_kernel[(b * num_groups,)](
+        _gn_fwd_kernel[plan.grid](
             x, y, weight, bias, scale_c if scale_c is not None else x, shift_c if shift_c is not None else x,
-            mean, rstd, c, hw, num_groups, cpg, sb, sc, shw, eps,
-            HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=silu,
-            BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=warps,
+            mean, rstd, *plan.shape_args, eps, **plan.meta,
         )  # fmt: skip
         ctx.save_for_backward(x, weight, bias, scale_c, shift_c, mean, rstd)  # type: ignore[arg-type]
         ctx.meta = (num_groups, silu)  # type: ignore[attr-defined]
@@ -240,22 +262,16 @@ class _GroupNormSiLU(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         x, weight, bias, scale, shift, mean, rstd = ctx.saved_tensors  # type: ignore[attr-defined]
         num_groups, silu = ctx.meta  # type: ignore[attr-defined]
-        _, sb, sc, shw = _layout(x)
+        x, plan = _plan(x, num_groups, scale, shift, silu)
         dy = dy.reshape(x.shape)
         if dy.stride() != x.stride():
             dy = torch.empty_like(x).copy_(dy)
-        b, c = x.shape[:2]
-        hw = x.numel() // max(1, b * c)
-        cpg = c // num_groups
         dx = torch.empty_like(x)
-        partial = torch.empty(4, b, c, device=x.device, dtype=torch.float32)
-        block_c, block_hw, warps = _blocks(cpg, hw)
-        _gn_bwd_kernel[(b * num_groups,)](
+        partial = torch.empty(4, *x.shape[:2], device=x.device, dtype=torch.float32)
+        _gn_bwd_kernel[plan.grid](
             x, dy, dx, weight, bias, scale if scale is not None else x, shift if shift is not None else x,
             mean, rstd, partial[0], partial[1], partial[2], partial[3],
-            c, hw, num_groups, cpg, sb, sc, shw, 1.0 / (cpg * hw),
-            HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=silu,
-            BLOCK_C=block_c, BLOCK_HW=block_hw, num_warps=warps,
+            *plan.shape_args, 1.0 / plan.group_size, **plan.meta,
         )  # fmt: skip
         dscale = partial[0].to(scale.dtype) if scale is not None else None
         dshift = partial[1].to(shift.dtype) if shift is not None else None

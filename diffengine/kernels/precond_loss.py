@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from diffengine.kernels._triton import dense_like, kernel, tl
+from diffengine.kernels._triton import cdiv, dense_like, kernel, tl
 from diffengine.kernels.backend import use_triton
 
 BLOCK = 4096
@@ -90,6 +90,12 @@ def _noise_kernel(  # type: ignore[no-untyped-def]
     tl.store(NET_IN + base + offs, net_in.to(NET_IN.dtype.element_ty), mask=mask)
 
 
+def _rows(t: torch.Tensor) -> tuple[int, int]:
+    """(B, values per sample) of a batch-outermost dense tensor."""
+    b = t.shape[0]
+    return b, t.numel() // b
+
+
 def _per_sample(*coeffs: torch.Tensor, batch: int) -> list[torch.Tensor]:
     out = []
     for c in coeffs:
@@ -112,10 +118,9 @@ class _PrecondLoss(torch.autograd.Function):
     ) -> torch.Tensor:
         f = dense_like(net_out, net_out)
         xn, x0 = dense_like(x_noisy, f), dense_like(x_clean, f)
-        b = f.shape[0]
-        m = f.numel() // b
+        b, m = _rows(f)
         c_skip, c_out, weight = _per_sample(c_skip, c_out, weight, batch=b)
-        n_chunks = -(-m // BLOCK)
+        n_chunks = cdiv(m, BLOCK)
         partial = torch.empty(b, n_chunks, device=f.device, dtype=torch.float32)
         _loss_fwd_kernel[(b, n_chunks)](f, xn, x0, c_skip, c_out, partial, m, n_chunks, BLOCK=BLOCK)
         ctx.save_for_backward(f, xn, x0, c_skip, c_out, weight)
@@ -127,11 +132,10 @@ class _PrecondLoss(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         f, xn, x0, c_skip, c_out, weight = ctx.saved_tensors  # type: ignore[attr-defined]
-        b = f.shape[0]
-        m = f.numel() // b
+        b, m = _rows(f)
         coef = (grad.float() * weight.float() * c_out.float() * (2.0 / m)).contiguous()
         df = torch.empty_like(f)
-        _loss_bwd_kernel[(b, -(-m // BLOCK))](f, xn, x0, c_skip, c_out, coef, df, m, BLOCK=BLOCK)
+        _loss_bwd_kernel[(b, cdiv(m, BLOCK))](f, xn, x0, c_skip, c_out, coef, df, m, BLOCK=BLOCK)
         return df, None, None, None, None, None
 
 
@@ -172,9 +176,8 @@ def noise_input(
         return noise_input_reference(*tensors)
     x0 = dense_like(x_clean, x_clean)
     n = dense_like(noise, x0)
-    b = x0.shape[0]
-    m = x0.numel() // b
+    b, m = _rows(x0)
     sigma, c_in = _per_sample(sigma, c_in, batch=b)
     x_noisy, net_in = torch.empty_like(x0), torch.empty_like(x0)
-    _noise_kernel[(b, -(-m // BLOCK))](x0, n, sigma, c_in, x_noisy, net_in, m, BLOCK=BLOCK)
+    _noise_kernel[(b, cdiv(m, BLOCK))](x0, n, sigma, c_in, x_noisy, net_in, m, BLOCK=BLOCK)
     return x_noisy, net_in

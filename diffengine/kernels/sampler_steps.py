@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from diffengine.kernels._triton import Kernel, dense_like, kernel, tl
+from diffengine.kernels._triton import Kernel, cdiv, dense_like, kernel, tl
 from diffengine.kernels.backend import use_triton
 
 Sigma = float | torch.Tensor
@@ -188,7 +188,7 @@ def _launch(
     n = x.numel()
     args, ptr = _sigma_args(*sigmas, like=x)
     others = (dense_like(t, x) for t in tensors[1:])
-    kern[(-(-n // BLOCK),)](x, *others, out, n, *args, SIG_PTR=ptr, BLOCK=BLOCK, **meta)
+    kern[(cdiv(n, BLOCK),)](x, *others, out, n, *args, SIG_PTR=ptr, BLOCK=BLOCK, **meta)
     return out
 
 
