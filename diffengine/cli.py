@@ -10,7 +10,9 @@ torchrun --nproc_per_node 4 -m diffengine train DATA ...      (multi-GPU / multi
 from __future__ import annotations
 
 import ast
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,27 @@ def _parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _out_option(default: Path | None, help: str) -> Any:
+    """The ``--out PATH`` option every command takes."""
+    return click.option(
+        "--out", type=click.Path(path_type=Path), default=default, show_default=default is not None, help=help
+    )
+
+
+PRESET_OPTION = click.option(
+    "--preset", type=click.Choice(sorted(PRESETS)), default="faces64", show_default=True
+)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Show errors whose message already says what and where as "Error: ..." (exit 1), not a traceback."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.group()
 @click.version_option(package_name="faceprep-diffengine", message="%(version)s")
 def main() -> None:
@@ -49,10 +72,8 @@ def main() -> None:
 
 @main.command()
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="Run folder [default: runs/PRESET]."
-)
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="faces64", show_default=True)
+@_out_option(None, "Run folder [default: runs/PRESET].")
+@PRESET_OPTION
 @click.option("--max-steps", type=click.IntRange(min=1), default=100_000, show_default=True)
 @click.option(
     "--batch-size", type=click.IntRange(min=1), default=None, help="Per process [default: preset's]."
@@ -154,9 +175,8 @@ def train(
         raise click.BadParameter(str(exc), param_hint="--unet") from exc
     eval_fn = _kid_hook(cfg, resolution, kid_n) if kid_every else None
     try:
-        result = run_training(cfg, eval_fn=eval_fn)
-    except USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from exc
+        with _user_errors():
+            result = run_training(cfg, eval_fn=eval_fn)
     except ValueError as exc:  # bad option combinations (precision on this device, resume mismatch)
         raise click.UsageError(str(exc)) from exc
     click.echo(
@@ -169,16 +189,12 @@ def train(
 
 def _kid_hook(cfg: Any, resolution: int, n: int) -> Any:
     """KID on ``n`` EMA samples against the held-out split (or all of DATA when --holdout is 0)."""
-    from diffengine.evaluate import kid_during_training
+    from diffengine.evaluate import make_kid_eval
     from diffengine.metrics.refstats import reference_statistics
 
     split = "heldout" if cfg.holdout > 0 else "all"
     ref = reference_statistics(cfg.data, resolution, split=split, heldout_fraction=cfg.holdout or 0.1)
-
-    def hook(denoiser: Any, step: int) -> dict[str, Any]:
-        return kid_during_training(denoiser, ref, n=n)
-
-    return hook
+    return make_kid_eval(ref, n=n)
 
 
 @main.command()
@@ -187,13 +203,7 @@ def _kid_hook(cfg: Any, resolution: int, n: int) -> Any:
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--sampler", type=click.Choice(sorted(SAMPLERS)), default="dpmpp2m", show_default=True)
 @click.option("--schedule", type=click.Choice(sorted(SCHEDULES)), default=None, help="[default: the run's]")
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=Path("samples.png"),
-    show_default=True,
-    help="Grid PNG; single images go to a folder of the same name beside it.",
-)
+@_out_option(Path("samples.png"), "Grid PNG; single images go to a folder of the same name beside it.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True)
@@ -217,10 +227,8 @@ def sample(
     if not run.is_dir():
         raise click.BadParameter(f"{run}: not a run folder", param_hint="RUN")
     dev = pick_device(0, device)
-    try:
+    with _user_errors():
         denoiser, preset = load_run(run, use_ema=not raw, device=dev)
-    except CheckpointError as exc:
-        raise click.ClickException(str(exc)) from exc
     images = generate(
         denoiser,
         n,
@@ -244,22 +252,14 @@ def sample(
     default=None,
     help="Also check a trained run (EMA, scheduler pairing, precision) and denoise with it.",
 )
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=Path("doctor"),
-    show_default=True,
-    help="Folder for the denoising picture.",
-)
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="faces64", show_default=True)
+@_out_option(Path("doctor"), "Folder for the denoising picture.")
+@PRESET_OPTION
 def doctor(data: Path, run: Path | None, out: Path, preset: str) -> None:
     """Check DATA (and optionally RUN) for the usual ways diffusion training fails; exit 1 on failures."""
     from diffengine.doctor import run_doctor
 
-    try:
+    with _user_errors():
         report = run_doctor(data, out=out, run=run, preset=preset)
-    except USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from exc
     click.echo(report.format())
     if report.failed:
         sys.exit(1)
