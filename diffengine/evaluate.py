@@ -13,6 +13,7 @@ comparisons should read KID. Every figure is printed next to its sample count.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import math
 import time
@@ -346,19 +347,13 @@ def kid_during_training(
     }
 
 
-def make_kid_eval(
-    ref: RefStats,
-    n: int = 256,
-    sampler: str = "dpmpp2m",
-    steps: int = 20,
-    seed: int = 0,
-    batch_size: int = 64,
-) -> Callable[[Any, int], dict[str, Any]]:
-    """An ``eval_fn(denoiser, step) -> dict`` for ``diffengine.train.train`` (``TrainConfig.kid_every``)."""
+def make_kid_eval(ref: RefStats, **settings: Any) -> Callable[[Any, int], dict[str, Any]]:
+    """An ``eval_fn(denoiser, step) -> dict`` for ``diffengine.train.train`` (``TrainConfig.kid_every``):
+    :func:`kid_during_training` against ``ref`` with ``settings`` (its keywords: n, sampler, steps, ...).
+    An unknown keyword is a ``TypeError`` here, not N steps into training."""
+    inspect.signature(kid_during_training).bind(None, ref, **settings)
 
     def eval_fn(denoiser: Any, step: int) -> dict[str, Any]:
-        return kid_during_training(
-            denoiser, ref, n=n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size
-        )
+        return kid_during_training(denoiser, ref, **settings)
 
     return eval_fn
