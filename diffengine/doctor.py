@@ -32,10 +32,17 @@ from PIL import Image
 
 from diffengine.config import Preset, UNetConfig, get_preset
 from diffengine.data import FEW_IMAGES, DataCheckError, check_batch, load_images, open_source, to_model_range
-from diffengine.generate import build_denoiser, make_grid, to_pil
+from diffengine.generate import (
+    build_denoiser,
+    initial_noise,
+    make_grid,
+    sample_from_noise,
+    step_generator,
+    to_pil,
+)
 from diffengine.loss import diffusion_loss
 from diffengine.precond import Denoiser, Formulation, make_formulation
-from diffengine.samplers import SAMPLERS, get_sampler
+from diffengine.samplers import SAMPLERS
 from diffengine.schedules import get_sigmas
 
 Severity = Literal["ok", "info", "warn", "fail"]
@@ -253,15 +260,10 @@ def check_sampler_on_gaussian(
 ) -> tuple[float, float]:
     """(max |mean error|, max relative std error) over channels of ``n`` samples of N(μ, s²) at 4×4 px."""
     sigmas = get_sigmas(schedule, steps, formulation).float()
-    g = torch.Generator().manual_seed(seed)
     c = mu.numel()
-    x = torch.randn(n, c, 4, 4, generator=g) * sigmas[0]
-    out = get_sampler(sampler)(
-        gaussian_denoiser(mu.view(1, c, 1, 1), std.view(1, c, 1, 1)),
-        x,
-        sigmas,
-        generator=torch.Generator().manual_seed(seed + 1),
-    )
+    denoiser = gaussian_denoiser(mu.view(1, c, 1, 1), std.view(1, c, 1, 1))
+    noise = initial_noise((n, c, 4, 4), seed)
+    out = sample_from_noise(denoiser, noise, sampler, sigmas, step_generator(seed))
     flat = out.transpose(0, 1).flatten(1)
     mean_err = float((flat.mean(1) - mu).abs().max())
     std_err = float(((flat.std(1) - std).abs() / std).max())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,27 @@ def _resolution(denoiser: Denoiser) -> int:
     return int(config.resolution)
 
 
+def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Unit-variance starting noise from a CPU generator: reproducible across devices and batch sizes."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def step_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of the noise that ancestral/stochastic samplers add during sampling (``seed + 1``)."""
+    return torch.Generator(device).manual_seed(seed + 1)
+
+
+def sample_from_noise(
+    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    noise: torch.Tensor,
+    sampler: str,
+    sigmas: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Run ``sampler`` along ``sigmas`` from unit-variance ``noise`` (scaled to σ₀ here); one device."""
+    return get_sampler(sampler)(denoiser, noise * sigmas[0], sigmas, generator=generator)
+
+
 @torch.no_grad()
 def generate(
     denoiser: Denoiser,
@@ -73,20 +95,19 @@ def generate(
     image index, whatever ``batch_size`` is; the denoiser is left in the mode it was in."""
     if n < 1 or steps < 1 or batch_size < 1:
         raise ValueError(f"n, steps and batch_size must be >= 1, got {n}, {steps}, {batch_size}")
-    sample_fn = get_sampler(sampler)
+    get_sampler(sampler)  # an unknown name fails before any work
     device = torch.device(device) if device is not None else next(denoiser.parameters()).device
     res = resolution or _resolution(denoiser)
     sigmas = get_sigmas(schedule, steps, denoiser.formulation).to(torch.float32)
-    # All initial noise from one CPU generator: reproducible across devices and batch sizes.
-    noise = torch.randn(n, channels, res, res, generator=torch.Generator().manual_seed(seed))
-    step_gen = torch.Generator(device).manual_seed(seed + 1)  # ancestral/stochastic samplers only
+    noise = initial_noise((n, channels, res, res), seed)
+    step_gen = step_generator(seed, device)
     was_training = denoiser.training
     denoiser.eval()
     out = []
     try:
         for start in range(0, n, batch_size):
-            x = noise[start : start + batch_size].to(device) * sigmas[0].to(device)
-            x = sample_fn(denoiser, x, sigmas.to(device), generator=step_gen)
+            batch = noise[start : start + batch_size].to(device)
+            x = sample_from_noise(denoiser, batch, sampler, sigmas.to(device), step_gen)
             out.append(to_uint8(x).cpu())
     finally:
         denoiser.train(was_training)
