@@ -1,16 +1,21 @@
 """Benchmark diffengine's kernels: Triton vs PyTorch eager vs torch.compile, against the hardware floor.
 
-    PYTHONPATH=. python bench/kernels.py            # GPU: full table (< 5 min); CPU: overhead study only
+    PYTHONPATH=. python bench/kernels.py                 # GPU: all tables (< 5 min on an H100)
+    PYTHONPATH=. python bench/kernels.py --only train    # just the training-step table
+    PYTHONPATH=. python bench/kernels.py --no-cpu-study  # CPU: only says that there is no GPU
 
 GPU part (CUDA events, median of N after warm-up): GroupNorm+SiLU fwd/bwd, attention fwd+bwd (Triton
-vs SDPA), fused loss, sampler steps; a whole faces64 training step and a 20-step sampling run, eager
-vs CUDA graph; each with its floor (bytes / bandwidth or flops / peak) and the % of floor reached.
-CPU part (always): is Python the bottleneck of sampling? Per-step time of the faces32 UNet vs the
-Python glue of the sampling loop (same loop, a free denoiser).
+vs SDPA), fused loss; a whole faces64 training step (bf16 autocast UNet forward, EDM loss through
+``diffengine.loss.diffusion_loss``, backward, grad clip, AdamW: the body of the training loop) with the
+Triton kernels, PyTorch eager and torch.compile; a 20-step sampling run, eager vs CUDA graph. Each row
+has its floor (bytes / bandwidth or flops / peak) and the % of floor reached.
+CPU part: is Python the bottleneck of sampling? Per-step time of the faces32 UNet vs the Python glue of
+the sampling loop (same loop, a free denoiser).
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -20,6 +25,7 @@ import torch
 
 from diffengine.kernels import make_sampler, sampling_loop, set_backend
 from diffengine.kernels.attention import attention_reference, attention_triton
+from diffengine.kernels.backend import Backend
 from diffengine.kernels.group_norm import group_norm_silu_reference, group_norm_silu_triton
 from diffengine.kernels.precond_loss import precond_loss_reference
 
@@ -92,14 +98,9 @@ def row(name: str, t: float, base: float, floor: float) -> None:
     )
 
 
-def gpu_tables() -> None:
+def kernel_tables(bandwidth: float, peak: float) -> None:
+    """Per-kernel rows: GroupNorm+SiLU, attention, fused loss (Triton forced where it is timed)."""
     dev = "cuda"
-    props = torch.cuda.get_device_properties(0)
-    bandwidth, peak = floors(props)
-    print(
-        f"card: {props.name} (sm_{props.major}{props.minor}), floor: {bandwidth / 1e9:.0f} GB/s, "
-        f"{peak / 1e12:.0f} TFLOP/s bf16"
-    )
     set_backend("triton")
     dt = torch.bfloat16
     # GroupNorm+SiLU at faces64's widest activation: (32, 128, 64, 64)
@@ -140,6 +141,69 @@ def gpu_tables() -> None:
     from diffengine.kernels import precond_loss
 
     row("triton", gpu_median(lambda: precond_loss(f, f, f, c, c, c)), base, 3 * f.numel() * 4 / bandwidth)
+    set_backend(None)
+
+
+def training_step_table(peak: float, batch: int, steps: int, warmup: int) -> None:
+    """One whole faces64 training step per backend, as ``diffengine.train`` runs it on a CUDA card."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from diffengine.config import get_preset
+    from diffengine.generate import build_denoiser
+    from diffengine.loss import diffusion_loss
+    from diffengine.precond import Denoiser
+
+    preset = get_preset("faces64")
+    torch.manual_seed(0)
+    denoiser = build_denoiser(preset).to("cuda").train()
+    net = denoiser.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    opt = torch.optim.AdamW(net.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
+    x = (torch.rand(batch, 3, 64, 64, device="cuda") * 2 - 1).contiguous(memory_format=torch.channels_last)
+    gen = torch.Generator("cuda").manual_seed(0)
+
+    def training_step(model: Denoiser) -> Callable[[], None]:
+        def step() -> None:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = diffusion_loss(model, x, generator=gen).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), preset.grad_clip)
+            opt.step()
+
+        return step
+
+    eager_step = training_step(denoiser)
+    compiled_step = training_step(Denoiser(torch.compile(net), denoiser.formulation))
+    set_backend("torch")
+    eager_step()  # allocator and cuDNN warm-up before counting
+    with FlopCounterMode(display=False) as counter:
+        eager_step()
+    flops = counter.get_total_flops()
+    print(
+        f"training step, faces64 UNet ({sum(p.numel() for p in net.parameters()) / 1e6:.0f}M params, "
+        f"checkpointing={preset.unet.checkpointing}), batch {batch}, bf16 autocast, EDM loss, AdamW "
+        f"({flops / 1e12:.2f} TFLOP/step; median of {steps} after {warmup} warm-up):"
+    )
+    base = gpu_median(eager_step, n=steps, warmup=warmup)
+    row("eager PyTorch", base, base, flops / peak)
+    variants: list[tuple[str, Backend, Callable[[], None]]] = [
+        ("torch.compile", "torch", compiled_step),  # PyTorch ops, so Inductor sees (and fuses) all of them
+        ("triton kernels", "triton", eager_step),
+    ]
+    for name, backend, fn in variants:
+        set_backend(backend)
+        try:
+            row(name, gpu_median(fn, n=steps, warmup=warmup), base, flops / peak)
+        except Exception as exc:  # report and go on: one failing variant must not hide the others
+            print(f"  {name:34s} failed: {type(exc).__name__}: {str(exc)[:200]}")
+    set_backend(None)
+
+
+def sampling_table() -> None:
+    """20 Euler steps of the faces64 UNet: the eager loop vs the same loop replayed as a CUDA graph."""
+    dev = "cuda"
+    dt = torch.bfloat16
+    set_backend("triton")
     print("20-step Euler sampling, faces64, batch 32:")
     _, denoise = unet_denoiser("faces64", dev)
     sigmas = torch.cat([torch.logspace(1.9, -2.7, 20, device=dev), torch.zeros(1, device=dev)])
@@ -156,12 +220,47 @@ def gpu_tables() -> None:
     set_backend(None)
 
 
-def main() -> int:
-    cpu_overhead_study()
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only",
+        choices=("all", "kernels", "train", "sample"),
+        default="all",
+        help="GPU tables to run (default: all)",
+    )
+    parser.add_argument("--train-steps", type=int, default=20, help="timed training steps per backend")
+    parser.add_argument(
+        "--train-warmup", type=int, default=3, help="untimed steps first (compile happens here)"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="training-step batch (faces64 preset: 32)")
+    parser.add_argument("--no-cpu-study", action="store_true", help="skip the CPU Python-overhead study")
+    args = parser.parse_args(argv)
+    if args.train_steps < 1 or args.train_warmup < 1 or args.batch_size < 1:
+        parser.error("--train-steps, --train-warmup and --batch-size must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.no_cpu_study:
+        cpu_overhead_study()
     if not torch.cuda.is_available():
         print("no CUDA device: skipping timings")
         return 0
-    gpu_tables()
+    props = torch.cuda.get_device_properties(0)
+    bandwidth, peak = floors(props)
+    print(
+        f"card: {props.name} (sm_{props.major}{props.minor}), floor: {bandwidth / 1e9:.0f} GB/s, "
+        f"{peak / 1e12:.0f} TFLOP/s bf16"
+    )
+    if args.only in ("all", "kernels"):
+        kernel_tables(bandwidth, peak)
+    if args.only in ("all", "train"):
+        training_step_table(peak, args.batch_size, args.train_steps, args.train_warmup)
+    if args.only in ("all", "sample"):
+        sampling_table()
     return 0
 
 
