@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -30,24 +27,6 @@ TINY = [
     "--unet",
     f"head_dim={TINY_UNET.head_dim}",
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def faces(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = shared_dir / "data" / "utkface"
-    path = tmp_path_factory.mktemp("faces") / "eight.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        for name in sorted(p.name for p in folder.iterdir())[:8]:
-            zf.write(folder / name, name)
-    return path
 
 
 @pytest.mark.filterwarnings("ignore:.*only 8 images")

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from diffengine.checkpoint import latest_checkpoint
-from diffengine.doctor import TINY_UNET
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,28 +33,20 @@ print("rank", rank, "world", os.environ["WORLD_SIZE"], "step", result.step)
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_stay_identical(shared_dir: Path, tmp_path: Path) -> None:
-    folder = shared_dir / "data" / "utkface"
-    data = tmp_path / "faces.zip"
-    with zipfile.ZipFile(data, "w") as zf:
-        for name in sorted(p.name for p in folder.iterdir())[:8]:
-            zf.write(folder / name, name)
+def test_two_gloo_ranks_stay_identical(
+    faces: Path, tmp_path: Path, tiny_train_kwargs: Callable[..., dict[str, Any]]
+) -> None:
     out = tmp_path / "run"
-    cfg = dict(
-        data=str(data),
+    cfg = tiny_train_kwargs(
+        faces,
         out=str(out),
-        preset="faces32",
         max_steps=3,
         batch_size=2,
         lr=1e-3,
         warmup=1,
         log_every=1,
-        sample_every=10**6,
-        ckpt_every=10**6,
         num_samples=2,
-        progress=False,
         device="cpu",
-        unet=dataclasses.asdict(TINY_UNET),
     )
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(SCRIPT))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,14 +17,6 @@ from diffengine.doctor import (
 )
 from diffengine.precond import make_formulation
 from diffengine.schedules import get_sigmas, karras_sigmas
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_pairing_and_gaussian_checks() -> None:
@@ -61,13 +51,8 @@ def test_data_statistics_on_known_images() -> None:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*only")
-def test_doctor_on_real_faces_and_dark_data(shared_dir: Path, tmp_path: Path) -> None:
-    folder = shared_dir / "data" / "utkface"
-    data = tmp_path / "faces.zip"
-    with zipfile.ZipFile(data, "w") as zf:
-        for name in sorted(p.name for p in folder.iterdir())[:8]:
-            zf.write(folder / name, name)
-    report = run_doctor(data, out=tmp_path / "doc", preset="faces32")
+def test_doctor_on_real_faces_and_dark_data(faces: Path, tmp_path: Path) -> None:
+    report = run_doctor(faces, out=tmp_path / "doc", preset="faces32")
     by_name = {f.name: f for f in report.findings}
     assert by_name["too-few-images"].severity == "warn"
     assert by_name["overfit"].severity == "ok", by_name["overfit"].message

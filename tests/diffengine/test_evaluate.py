@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,6 @@ from diffengine.evaluate import default_extractor, kid_during_training, score_im
 from diffengine.evaluate_cli import eval_command
 from diffengine.generate import generate, load_run
 from diffengine.metrics.fid import kid
-from diffengine.metrics.inception import InceptionWeightsError, default_weights_path
 from diffengine.metrics.refstats import RefStats, load_refstats, reference_statistics, select_names
 from diffengine.train import TrainConfig, train
 
@@ -32,35 +31,24 @@ TINY_UNET = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Inception convs on a shared 2-core machine are ~10x faster on one thread than on two that contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 N_IMAGES = 4  # Inception costs ~0.1-0.5 s per image on a CPU core: the whole module embeds ~20
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> tuple[Path, Path]:
+def tiny_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    shared_dir: Path,
+    inception_weights: Path,
+    tiny_config: Callable[..., TrainConfig],
+) -> tuple[Path, Path]:
     """(run dir, image folder): a few real faces and a 2-step training run on them."""
-    try:
-        default_weights_path()
-    except InceptionWeightsError as err:
-        pytest.skip(str(err))
     root = tmp_path_factory.mktemp("evalrun")
     data = root / "faces"
     data.mkdir()
     for src in sorted((shared_dir / "data" / "utkface").glob("*.jpg"))[:N_IMAGES]:
         (data / src.name).write_bytes(src.read_bytes())
     run = root / "run"
-    cfg = TrainConfig(
-        data=str(data), out=str(run), preset="faces32", max_steps=2, batch_size=4, sample_every=10**6,
-        ckpt_every=10**6, log_every=1, unet=TINY_UNET, progress=False, num_samples=4, device="cpu",
-    )  # fmt: skip
+    cfg = tiny_config(data, run, max_steps=2, log_every=1, unet=TINY_UNET, device="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "only 8 images" and "loss did not fall" are expected here
         train(cfg)

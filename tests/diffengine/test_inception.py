@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,28 +14,11 @@ from diffengine.metrics.inception import (
     DEFAULT_WEIGHTS_SHA256,
     FEATURE_DIM,
     InceptionWeightsError,
-    default_weights_path,
     load_inception,
     nv_resize,
     preprocess,
     sha256_of,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Inception convs on a shared 2-core machine are ~10x faster on one thread than on two that contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _weights_or_skip() -> Path:
-    try:
-        return default_weights_path()
-    except InceptionWeightsError as err:
-        pytest.skip(str(err))
 
 
 def _corner_aligned_bilinear(img: np.ndarray, size: int) -> np.ndarray:
@@ -90,8 +72,8 @@ def test_preprocess_scaling_and_checks() -> None:
         preprocess(torch.zeros(1, 1, 8, 8, dtype=torch.uint8))
 
 
-def test_weights_are_pinned_and_bad_files_are_named(tmp_path: Path) -> None:
-    path = _weights_or_skip()
+def test_weights_are_pinned_and_bad_files_are_named(tmp_path: Path, inception_weights: Path) -> None:
+    path = inception_weights
     assert sha256_of(path) == DEFAULT_WEIGHTS_SHA256
     with pytest.raises(InceptionWeightsError, match="does not match"):
         load_inception(path, expected_sha256="0" * 64)
@@ -103,8 +85,8 @@ def test_weights_are_pinned_and_bad_files_are_named(tmp_path: Path) -> None:
         load_inception(tmp_path / "missing.pt")
 
 
+@pytest.mark.usefixtures("inception_weights")
 def test_torchscript_and_eager_agree_on_real_faces(shared_dir: Path) -> None:
-    _weights_or_skip()
     files = sorted((shared_dir / "photos" / "ffhq_aligned").glob("*.png"))[:2]
     files += sorted((shared_dir / "data" / "utkface").glob("*.jpg"))[:2]
     assert len(files) == 4

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,24 +24,6 @@ from diffengine.doctor import TINY_UNET
 from diffengine.train import TrainConfig, train
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*only 8 images")
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def faces(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = shared_dir / "data" / "utkface"
-    path = tmp_path_factory.mktemp("faces") / "eight.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        for name in sorted(p.name for p in folder.iterdir())[:8]:
-            zf.write(folder / name, name)
-    return path
 
 
 def test_rng_and_optimizer_round_trip(tmp_path: Path) -> None:
@@ -86,23 +68,12 @@ def _tensors(run: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {name: load_file(str(path / f"{name}.safetensors")) for name in ("model", "ema", "optimizer")}
 
 
-def test_resume_is_bit_identical_on_cpu(faces: Path, tmp_path: Path) -> None:
+def test_resume_is_bit_identical_on_cpu(
+    faces: Path, tmp_path: Path, tiny_train_kwargs: Callable[..., dict[str, Any]]
+) -> None:
     # Dropout on, so the global torch RNG matters too; lr high so every step changes the weights.
     unet = dataclasses.asdict(dataclasses.replace(TINY_UNET, dropout=0.1))
-    common = dict(
-        data=str(faces),
-        preset="faces32",
-        batch_size=3,
-        lr=1e-3,
-        warmup=2,
-        log_every=2,
-        sample_every=10**6,
-        ckpt_every=10**6,
-        num_samples=2,
-        progress=False,
-        unet=unet,
-        seed=5,
-    )
+    common = tiny_train_kwargs(faces, batch_size=3, lr=1e-3, warmup=2, num_samples=2, unet=unet, seed=5)
     straight = tmp_path / "straight"
     train(TrainConfig(out=str(straight), max_steps=6, **common))  # type: ignore[arg-type]
     split = tmp_path / "split"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -54,15 +53,6 @@ class Gaussian:
 @pytest.fixture(scope="module")
 def gauss() -> Gaussian:
     return Gaussian()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These tensors are tiny: one thread is ~10× faster than several on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _noise(n: int, seed: int = 0) -> torch.Tensor:

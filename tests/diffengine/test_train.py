@@ -3,66 +3,28 @@ stops it."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from diffengine.data import DataCheckError, load_dataset, to_model_range
-from diffengine.doctor import TINY_UNET, overfit_one_batch
+from diffengine.doctor import overfit_one_batch
 from diffengine.generate import build_denoiser, load_run
 from diffengine.loss import diffusion_loss
 from diffengine.precond import Denoiser
 from diffengine.train import TrainConfig, effective_preset, learning_rate, resolve_precision, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """The CI box has 2 shared cores; one intra-op thread is much faster for tiny models under load."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def faces(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Eight real UTKFace images in a zip (in tmp; the shared data is never copied into the repo)."""
-    folder = shared_dir / "data" / "utkface"
-    names = sorted(p.name for p in folder.iterdir())[:8]
-    path = tmp_path_factory.mktemp("faces") / "eight.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        for name in names:
-            zf.write(folder / name, name)
-    return path
-
-
-def tiny(data: Path, out: Path, **kw: object) -> TrainConfig:
-    base = dict(
-        data=str(data),
-        out=str(out),
-        preset="faces32",
-        batch_size=4,
-        log_every=2,
-        sample_every=10**6,
-        ckpt_every=10**6,
-        num_samples=4,
-        progress=False,
-        unet=dataclasses.asdict(TINY_UNET),
-    )
-    base.update(kw)
-    return TrainConfig(**base)  # type: ignore[arg-type]
+TinyConfig = Callable[..., TrainConfig]
 
 
 @pytest.mark.filterwarnings("ignore:.*only 8 images")
-def test_tiny_model_overfits_real_faces(faces: Path) -> None:
+def test_tiny_model_overfits_real_faces(faces: Path, tiny_config: TinyConfig) -> None:
     x = to_model_range(load_dataset(faces, 16)[0])
     torch.manual_seed(0)
-    denoiser = build_denoiser(effective_preset(tiny(faces, Path("unused"))))
+    denoiser = build_denoiser(effective_preset(tiny_config(faces, Path("unused"))))
     factor, losses = overfit_one_batch(denoiser, x, steps=200, target_factor=20)
     assert factor >= 10, f"loss only fell {factor:.1f}x: {losses[0]:.3f} -> {losses[-1]:.3f}"
     assert losses[0] > 0.3  # the zero-initialised output starts at the EDM loss scale (~1)
@@ -70,9 +32,9 @@ def test_tiny_model_overfits_real_faces(faces: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*only 8 images")
-def test_train_loop_learns_and_writes_artefacts(faces: Path, tmp_path: Path) -> None:
+def test_train_loop_learns_and_writes_artefacts(faces: Path, tmp_path: Path, tiny_config: TinyConfig) -> None:
     out = tmp_path / "run"
-    cfg = tiny(
+    cfg = tiny_config(
         faces,
         out,
         max_steps=120,
@@ -117,7 +79,9 @@ def test_train_loop_learns_and_writes_artefacts(faces: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.filterwarnings("ignore:.*only 8 images")
-def test_bad_batch_stops_training(faces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_batch_stops_training(
+    faces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_config: TinyConfig
+) -> None:
     from diffengine import data
 
     original = data.BatchStream.next
@@ -125,7 +89,7 @@ def test_bad_batch_stops_training(faces: Path, tmp_path: Path, monkeypatch: pyte
         data.BatchStream, "next", lambda self, device="cpu": (original(self, device) + 1) * 127.5
     )
     with pytest.raises(DataCheckError, match=r"\[0, 255\]"):
-        train(tiny(faces, tmp_path / "run", max_steps=2))
+        train(tiny_config(faces, tmp_path / "run", max_steps=2))
 
 
 def test_precision_policy_and_warmup() -> None:
@@ -145,7 +109,7 @@ def test_precision_policy_and_warmup() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:.*only 8 images")
-def test_ctrl_c_saves_a_checkpoint_and_stops(faces: Path, tmp_path: Path) -> None:
+def test_ctrl_c_saves_a_checkpoint_and_stops(faces: Path, tmp_path: Path, tiny_config: TinyConfig) -> None:
     import os
     import signal
 
@@ -155,7 +119,7 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(faces: Path, tmp_path: Path) -> Non
         return {"kid": float(step)}
 
     out = tmp_path / "run"
-    result = train(tiny(faces, out, max_steps=50, kid_every=1), eval_fn=press_ctrl_c)
+    result = train(tiny_config(faces, out, max_steps=50, kid_every=1), eval_fn=press_ctrl_c)
     assert result.interrupted and result.step == 2
     assert result.checkpoint == out / "checkpoints" / "step_00000002"
     assert (result.checkpoint / "model.safetensors").is_file()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,15 +19,6 @@ TINY = UNetConfig(
     resolution=16, model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
     head_dim=16, num_groups=8,
 )  # fmt: skip
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny convolutions: one thread beats several on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _perturbed(config: UNetConfig, seed: int = 0) -> UNet:
