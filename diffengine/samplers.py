@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
 from diffengine import kernels
 from diffengine.kernels.cuda_graph import (
+    Callback,
     Denoiser,
     Step,
     denoise,
@@ -32,9 +33,6 @@ from diffengine.kernels.cuda_graph import (
 
 class DenoiseFn(Protocol):
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
-
-
-Callback = Callable[[dict[str, Any]], None]
 
 
 def _steps(sigmas: torch.Tensor) -> list[Step]:

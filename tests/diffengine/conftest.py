@@ -11,14 +11,13 @@ import dataclasses
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
 
-from diffengine.doctor import TINY_UNET
-from diffengine.metrics.inception import InceptionWeightsError, default_weights_path
-from diffengine.train import TrainConfig
+if TYPE_CHECKING:  # imported where used: kernel tests need not load the training stack
+    from diffengine.train import TrainConfig
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -44,6 +43,8 @@ def faces(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _tiny_train_kwargs(data: Path, **overrides: Any) -> dict[str, Any]:
+    from diffengine.doctor import TINY_UNET
+
     base: dict[str, Any] = {
         "data": str(data),
         "preset": "faces32",
@@ -70,6 +71,8 @@ def tiny_config() -> Callable[..., TrainConfig]:
     """``(data, out, **overrides) -> TrainConfig`` built from ``tiny_train_kwargs``."""
 
     def make(data: Path, out: Path, **overrides: Any) -> TrainConfig:
+        from diffengine.train import TrainConfig
+
         return TrainConfig(**_tiny_train_kwargs(data, out=str(out), **overrides))
 
     return make
@@ -78,6 +81,8 @@ def tiny_config() -> Callable[..., TrainConfig]:
 @pytest.fixture(scope="session")
 def inception_weights() -> Path:
     """The pinned Inception weights file; skips the test with the reason when it is unavailable."""
+    from diffengine.metrics.inception import InceptionWeightsError, default_weights_path
+
     try:
         return default_weights_path()
     except InceptionWeightsError as err:
