@@ -42,9 +42,10 @@ def noise_input_reference(
 
 
 @kernel
-def _loss_fwd_kernel(  # type: ignore[no-untyped-def]
-    F, XN, X0, CSKIP, COUT, PARTIAL, M, n_chunks, BLOCK: tl.constexpr
+def _loss_kernel(  # type: ignore[no-untyped-def]
+    F, XN, X0, CSKIP, COUT, COEF, OUT, M, n_chunks, BACKWARD: tl.constexpr, BLOCK: tl.constexpr
 ):
+    # One (sample, chunk) per program; both passes need the residual r = c_skip·x_noisy + c_out·F − x.
     b = tl.program_id(0)
     chunk = tl.program_id(1)
     offs = chunk * BLOCK + tl.arange(0, BLOCK)
@@ -54,24 +55,11 @@ def _loss_fwd_kernel(  # type: ignore[no-untyped-def]
     xn = tl.load(XN + base + offs, mask=mask, other=0.0).to(tl.float32)
     x0 = tl.load(X0 + base + offs, mask=mask, other=0.0).to(tl.float32)
     r = tl.load(CSKIP + b).to(tl.float32) * xn + tl.load(COUT + b).to(tl.float32) * f - x0
-    r = tl.where(mask, r, 0.0)
-    tl.store(PARTIAL + b * n_chunks + chunk, tl.sum(r * r, axis=0))
-
-
-@kernel
-def _loss_bwd_kernel(  # type: ignore[no-untyped-def]
-    F, XN, X0, CSKIP, COUT, COEF, DF, M, BLOCK: tl.constexpr
-):
-    b = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < M
-    base = b.to(tl.int64) * M
-    f = tl.load(F + base + offs, mask=mask, other=0.0).to(tl.float32)
-    xn = tl.load(XN + base + offs, mask=mask, other=0.0).to(tl.float32)
-    x0 = tl.load(X0 + base + offs, mask=mask, other=0.0).to(tl.float32)
-    c_out = tl.load(COUT + b).to(tl.float32)
-    r = tl.load(CSKIP + b).to(tl.float32) * xn + c_out * f - x0
-    tl.store(DF + base + offs, (tl.load(COEF + b) * r).to(DF.dtype.element_ty), mask=mask)
+    if BACKWARD:  # dF = coef·r with coef = g·weight·c_out·2/M per sample
+        tl.store(OUT + base + offs, (tl.load(COEF + b) * r).to(OUT.dtype.element_ty), mask=mask)
+    else:  # this chunk's partial sum of r²
+        r = tl.where(mask, r, 0.0)
+        tl.store(OUT + b * n_chunks + chunk, tl.sum(r * r, axis=0))
 
 
 @kernel
@@ -122,7 +110,9 @@ class _PrecondLoss(torch.autograd.Function):
         c_skip, c_out, weight = _per_sample(c_skip, c_out, weight, batch=b)
         n_chunks = cdiv(m, BLOCK)
         partial = torch.empty(b, n_chunks, device=f.device, dtype=torch.float32)
-        _loss_fwd_kernel[(b, n_chunks)](f, xn, x0, c_skip, c_out, partial, m, n_chunks, BLOCK=BLOCK)
+        _loss_kernel[(b, n_chunks)](
+            f, xn, x0, c_skip, c_out, f, partial, m, n_chunks, BACKWARD=False, BLOCK=BLOCK
+        )
         ctx.save_for_backward(f, xn, x0, c_skip, c_out, weight)
         out_dtype = torch.promote_types(torch.promote_types(net_out.dtype, weight.dtype), c_out.dtype)
         return (weight.float() * partial.sum(1) / m).to(out_dtype)
@@ -135,7 +125,10 @@ class _PrecondLoss(torch.autograd.Function):
         b, m = _rows(f)
         coef = (grad.float() * weight.float() * c_out.float() * (2.0 / m)).contiguous()
         df = torch.empty_like(f)
-        _loss_bwd_kernel[(b, cdiv(m, BLOCK))](f, xn, x0, c_skip, c_out, coef, df, m, BLOCK=BLOCK)
+        n_chunks = cdiv(m, BLOCK)
+        _loss_kernel[(b, n_chunks)](
+            f, xn, x0, c_skip, c_out, coef, df, m, n_chunks, BACKWARD=True, BLOCK=BLOCK
+        )
         return df, None, None, None, None, None
 
 

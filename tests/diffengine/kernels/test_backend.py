@@ -87,8 +87,12 @@ def test_every_kernel_compiles_for_gpu(triton_cpu, monkeypatch) -> None:  # type
         mod = importlib.import_module(f"diffengine.kernels.{module}")
         for name, kern in vars(mod).items():
             if isinstance(kern, Kernel):
-                overrides = {"DOT_T": tl.bfloat16} if "DOT_T" in kern.last_launch[1] else {}  # type: ignore[index]
+                kwargs = kern.last_launch[1]  # type: ignore[index]
+                overrides = {"DOT_T": tl.bfloat16} if "DOT_T" in kwargs else {}
                 jobs.append((mod.__name__, name, *kern.last_launch_signature(**overrides)))
+                if "BACKWARD" in kwargs:  # one kernel for both passes: compile the pass not recorded too
+                    other = {**overrides, "BACKWARD": not kwargs["BACKWARD"]}
+                    jobs.append((mod.__name__, name, *kern.last_launch_signature(**other)))
     assert len(jobs) >= 9
     monkeypatch.delenv("TRITON_INTERPRET")  # the child must import triton in compile mode
     ctx = multiprocessing.get_context("spawn")
