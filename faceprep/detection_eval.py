@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from faceprep.geometry import ffhq_quad
+from faceprep.geometry import box_iou, ffhq_quad
 from faceprep.hookspecs import Detector
 from faceprep.types import Detection, FloatArray, ImageArray
 
@@ -59,12 +59,7 @@ def load_imglab(xml_path: str | Path) -> list[LabelledImage]:
     return images
 
 
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+iou = box_iou  # the name the detector tests use
 
 
 @dataclass(frozen=True)

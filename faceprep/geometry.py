@@ -5,6 +5,8 @@ All functions take and return float64 numpy arrays in source pixel coordinates (
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from faceprep.types import FloatArray, Quad
@@ -134,3 +136,12 @@ def quad_bounds(quad: Quad) -> tuple[float, float, float, float]:
     """Axis-aligned bounds (x0, y0, x1, y1) of the quad's corners, in source coordinates."""
     c = quad.corners
     return (float(c[:, 0].min()), float(c[:, 1].min()), float(c[:, 0].max()), float(c[:, 1].max()))
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes (0 for empty ones)."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

@@ -5,12 +5,19 @@ plane (SCRFD: the FFHQ square's corners move 5 % of its side at 15°, 14 % at 45
 hardly turn at all: at 90° its eye line is still horizontal). ``RotationCorrectingDetector`` wraps
 any detector:
 
-1. detect on the whole photo;
+1. detect on the whole photo; if that finds no face at all, detect again on the photo turned by
+   +90° and by −90° (a sideways photo: cheap, since only empty photos pay for it) and map back;
 2. for each face that needs it, cut a square around it, rotated by the roll the eye line gives (a
    detector whose keypoints do not follow rotation also tries that angle ±90° and keeps the most
    confident upright re-detection), detect again, and repeat with the residual roll until it is
    below 1° (at most ``max_iter`` times);
-3. map the upright detection's landmarks and box back to the photo.
+3. map the upright detection's landmarks back to the photo.
+
+The correction never costs a face: a re-detection counts only if, mapped back to the photo, it is
+the same face (box IoU ≥ ``MATCH_IOU`` and centres within ``MATCH_CENTRE`` of the box side); when
+none is, the plain detection is kept as it is. A corrected face keeps the plain detection's box and
+score (an axis-aligned box in the photo, which is what box matching and the ``box`` aligner expect)
+and takes only the landmarks from the upright re-detection.
 
 Which faces "need it": for detectors whose keypoints follow rotation (attribute
 ``keypoints_follow_rotation``, default True), those with |roll| > ``threshold_deg``; for the others,
@@ -24,13 +31,18 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from faceprep.geometry import box_iou
 from faceprep.hookspecs import Detector
 from faceprep.types import Detection, FloatArray, ImageArray
+
+Box = tuple[float, float, float, float]
 
 CROP_FACTOR = 3.0  # crop side = CROP_FACTOR × the larger box side
 MAX_CROP = 640  # crops are scaled down to at most this many pixels a side
 CONVERGED_DEG = 1.0
 MIRROR_ORDER = [1, 0, 2, 4, 3]  # landmark order of a horizontally mirrored face
+MATCH_IOU = 0.3  # a re-detection mapped back must overlap the plain box at least this much …
+MATCH_CENTRE = 0.3  # … and have its centre within this fraction of the plain box's longer side
 
 
 def roll_deg(landmarks: FloatArray) -> float:
@@ -80,6 +92,36 @@ class CropFrame:
         return np.asarray(out)
 
 
+def same_face(plain: Detection, box: Box) -> bool:
+    """Whether ``box`` (photo coordinates) is the face ``plain`` found: IoU and centre distance."""
+    x0, y0, x1, y1 = plain.box
+    side = max(x1 - x0, y1 - y0, 1.0)
+    shift = np.hypot((box[0] + box[2] - x0 - x1) / 2.0, (box[1] + box[3] - y0 - y1) / 2.0)
+    return box_iou(plain.box, box) >= MATCH_IOU and shift <= MATCH_CENTRE * side
+
+
+def turn_to_photo(points: FloatArray, k: int, shape: tuple[int, ...]) -> FloatArray:
+    """Map (N, 2) points of ``np.rot90(photo, k)`` (k = 1: counter-clockwise, 3: clockwise) back to
+    the photo of ``shape`` (H, W, …)."""
+    p = np.asarray(points, dtype=np.float64)
+    h, w = shape[:2]
+    if k % 4 == 1:  # turned[i, j] = photo[j, w - 1 - i]
+        return np.stack([w - 1 - p[:, 1], p[:, 0]], axis=1)
+    if k % 4 == 3:  # turned[i, j] = photo[h - 1 - j, i]
+        return np.stack([p[:, 1], h - 1 - p[:, 0]], axis=1)
+    raise ValueError(f"only quarter turns 1 and 3 are supported, got k={k}")
+
+
+def _box_around(corners: FloatArray) -> Box:
+    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    return (float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]))
+
+
+def _box_corners(box: Box) -> FloatArray:
+    x0, y0, x1, y1 = box
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+
+
 def frame_for(det: Detection, angle_deg: float) -> CropFrame:
     """A crop frame centred on the detection, CROP_FACTOR times its size, rotated by ``angle_deg``."""
     x0, y0, x1, y1 = det.box
@@ -89,7 +131,10 @@ def frame_for(det: Detection, angle_deg: float) -> CropFrame:
 
 
 class RotationCorrectingDetector:
-    """Wrap ``inner`` so that tilted faces get landmarks from an upright re-detection (see module doc)."""
+    """Wrap ``inner`` so that tilted faces get landmarks from an upright re-detection (see module doc).
+
+    retry_turns: when the plain pass finds no face, also try the photo turned by ±90°.
+    """
 
     def __init__(
         self,
@@ -97,20 +142,45 @@ class RotationCorrectingDetector:
         threshold_deg: float = 10.0,
         max_iter: int = 4,
         keypoints_follow_rotation: bool | None = None,
+        retry_turns: bool = True,
     ) -> None:
         self.inner = inner
         self.threshold_deg = threshold_deg
         self.max_iter = max_iter
         follows = getattr(inner, "keypoints_follow_rotation", True)
         self.follows = bool(follows if keypoints_follow_rotation is None else keypoints_follow_rotation)
+        self.retry_turns = retry_turns
         self.name = str(getattr(inner, "name", type(inner).__name__))
 
     def detect(self, image: ImageArray) -> list[Detection]:
-        found = [self.correct(image, det) for det in self.inner.detect(image)]
-        return sorted(found, key=lambda d: -d.score)
+        found = self.inner.detect(image)
+        if not found and self.retry_turns:
+            found = self.detect_turned(image)
+        return sorted((self.correct(image, det) for det in found), key=lambda d: -d.score)
+
+    def detect_turned(self, image: ImageArray) -> list[Detection]:
+        """Faces on the photo turned by +90°, else by −90°, mapped back to the photo (no correction)."""
+        for k in (1, 3):
+            turned = np.ascontiguousarray(np.rot90(image, k))
+            faces = self.inner.detect(turned)
+            if faces:
+                return [
+                    Detection(
+                        box=_box_around(turn_to_photo(_box_corners(f.box), k, image.shape)),
+                        score=f.score,
+                        landmarks=turn_to_photo(f.landmarks, k, image.shape),
+                        detector=f.detector,
+                    )
+                    for f in faces
+                ]
+        return []
 
     def correct(self, image: ImageArray, det: Detection) -> Detection:
-        """``det`` with landmarks (and box, score) from an upright re-detection when it is tilted."""
+        """``det`` with landmarks from an upright re-detection of the same face when it is tilted.
+
+        The box and score stay the plain detection's; without a matching re-detection ``det`` itself
+        comes back, so the correction never loses or moves a face.
+        """
         roll = roll_deg(det.landmarks)
         if self.follows and abs(roll) <= self.threshold_deg:
             return det
@@ -131,24 +201,25 @@ class RotationCorrectingDetector:
             if hit is None:
                 break
             best = hit
-        return self._to_photo(*self._flip_average(image, *best))
+        frame, upright = self._flip_average(image, *best)
+        return Detection(det.box, det.score, frame.to_photo(upright.landmarks), det.detector)
 
     def _redetect(
         self, image: ImageArray, det: Detection, angle: float
     ) -> tuple[CropFrame, Detection] | None:
-        """Detect on the crop rotated by ``angle``; the detection nearest the crop centre, if close."""
+        """Detect on the crop rotated by ``angle``; the re-detection that is ``det``'s face, if any.
+
+        Each candidate's box is mapped back to the photo and compared with ``det`` there (IoU and
+        centre distance, ``same_face``); among matches the best-overlapping one wins.
+        """
         frame = frame_for(det, angle)
-        faces = self.inner.detect(frame.cut(image))
-        if not faces:
-            return None
-        centre = (frame.size - 1) / 2.0
-        dists = [
-            np.hypot((f.box[0] + f.box[2]) / 2 - centre, (f.box[1] + f.box[3]) / 2 - centre) for f in faces
-        ]
-        i = int(np.argmin(dists))
-        if dists[i] > frame.size / (2.0 * CROP_FACTOR):  # farther than half the face size: another face
-            return None
-        return frame, faces[i]
+        best, best_iou = None, 0.0
+        for face in self.inner.detect(frame.cut(image)):
+            box = _box_around(frame.to_photo(_box_corners(face.box)))
+            overlap = box_iou(det.box, box)
+            if same_face(det, box) and overlap > best_iou:
+                best, best_iou = face, overlap
+        return None if best is None else (frame, best)
 
     def _flip_average(
         self, image: ImageArray, frame: CropFrame, upright: Detection
@@ -166,17 +237,6 @@ class RotationCorrectingDetector:
         flipped[:, 0] = frame.size - 1 - flipped[:, 0]
         averaged = (upright.landmarks + flipped) / 2.0
         return frame, Detection(upright.box, upright.score, averaged, upright.detector)
-
-    def _to_photo(self, frame: CropFrame, upright: Detection) -> Detection:
-        x0, y0, x1, y1 = upright.box
-        corners = frame.to_photo(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
-        lo, hi = corners.min(axis=0), corners.max(axis=0)
-        return Detection(
-            box=(float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])),
-            score=upright.score,
-            landmarks=frame.to_photo(upright.landmarks),
-            detector=upright.detector,
-        )
 
 
 def with_rotation_correction(detector: Detector, enabled: bool = True, **options: float) -> Detector:

@@ -82,7 +82,7 @@ def test_dlib_recall_and_keypoints(detector: YuNetDetector, photos: Path) -> Non
 @pytest.mark.slow
 def test_rotation_correction(detector: YuNetDetector, photos: Path) -> None:
     portrait = load_image(photos / "face_recognition" / "examples" / "obama.jpg")
-    errors = rotation_errors(RotationCorrectingDetector(detector), portrait, [0, 15, 45, 90])
+    errors = rotation_errors(RotationCorrectingDetector(detector), portrait, [0, 15, 45, 90, -90])
     assert max(errors) < 0.04, errors
-    raw = rotation_errors(detector, portrait, [45])  # YuNet alone: its keypoints lag the rotation
-    assert raw[0] > 0.1
+    raw = rotation_errors(detector, portrait, [45, -90])  # YuNet alone: its keypoints lag the rotation,
+    assert raw[0] > 0.1 and raw[1] == float("inf")  # and at -90° it finds no face (the turn retry does)
