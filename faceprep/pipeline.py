@@ -18,9 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from faceprep import filters, plugins
+from faceprep.detectors import check_image
 from faceprep.filters import DuplicateIndex, FilterThresholds
 from faceprep.imageio import load_image
 from faceprep.rotation import with_rotation_correction
@@ -44,12 +43,11 @@ def resolve_detector(name: str) -> tuple[str, str | None]:
         return name, None
     chosen = plugins.resolve("detector", "auto")
     skipped = [
-        f"{spec.name} unavailable: {reason}"
+        f"{spec.name} unavailable ({reason})"
         for spec in plugins.stages("detector").values()
         if spec.priority > chosen.priority and (reason := plugins.unavailable_reason(spec))
     ]
-    note = f"detector auto -> {chosen.name} ({'; '.join(skipped)})" if skipped else None
-    return chosen.name, note
+    return chosen.name, (f"{'; '.join(skipped)}; using {chosen.name}" if skipped else None)
 
 
 @dataclass(frozen=True)
@@ -143,8 +141,7 @@ class Pipeline:
         """Every face in ``image`` as a FaceCrop with its filter results (rejected ones included)."""
         from faceprep.warp import extract_face
 
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
+        check_image(image)
         crops: list[FaceCrop] = []
         for index, det in enumerate(self.detect(image)):
             try:

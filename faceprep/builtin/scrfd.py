@@ -19,8 +19,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from faceprep.hookspecs import StageSpec, hookimpl
-from faceprep.models import ModelUnavailableError, resolve_scrfd_model
+from faceprep import detectors
+from faceprep.models import ENV_MODEL, ModelUnavailableError, resolve_scrfd_model
 from faceprep.types import Detection, FloatArray, ImageArray
 
 STRIDES = (8, 16, 32)
@@ -64,8 +64,7 @@ def letterbox_geometry(height: int, width: int, size: int) -> Letterbox:
 
 def letterbox(image: ImageArray, size: int) -> tuple[NDArray[np.float32], Letterbox]:
     """The (1, 3, size, size) float32 network input for an (H, W, 3) uint8 RGB image, and its geometry."""
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+    detectors.check_image(image)
     geo = letterbox_geometry(image.shape[0], image.shape[1], size)
     if (geo.width, geo.height) == (image.shape[1], image.shape[0]):
         resized = image
@@ -197,8 +196,7 @@ class ScrfdDetector:
     ) -> None:
         import onnxruntime as ort
 
-        if not 0.0 <= score_threshold <= 1.0 or not 0.0 < nms_threshold <= 1.0:
-            raise ValueError(f"thresholds out of range: score {score_threshold}, nms {nms_threshold}")
+        detectors.check_thresholds(score_threshold, nms_threshold)
         if input_size <= 0 or input_size % 32:
             raise ValueError(f"input_size must be a positive multiple of 32, got {input_size}")
         self.model_path: Path = resolve_scrfd_model(model)
@@ -206,7 +204,7 @@ class ScrfdDetector:
         self.nms_threshold = nms_threshold
         self.input_size = input_size
         options = ort.SessionOptions()
-        options.intra_op_num_threads = max(0, int(num_threads))
+        options.intra_op_num_threads = detectors.check_num_threads(num_threads)
         options.inter_op_num_threads = 1
         if providers is None:
             available = ort.get_available_providers()
@@ -231,21 +229,8 @@ class ScrfdDetector:
         boxes, scores, kps = decode(
             outputs, self.layout, self.input_size, self.score_threshold, self.nms_threshold
         )
-        h, w = image.shape[:2]
-        found = []
-        for box, score, points in zip(boxes, scores, kps, strict=True):
-            corners = geo.to_source(box.reshape(2, 2))
-            x0, y0 = np.clip(corners[0], -0.5, [w - 0.5, h - 0.5])
-            x1, y1 = np.clip(corners[1], -0.5, [w - 0.5, h - 0.5])
-            found.append(
-                Detection(
-                    box=(float(x0), float(y0), float(x1), float(y1)),
-                    score=float(score),
-                    landmarks=geo.to_source(points),
-                    detector=self.name,
-                )
-            )
-        return sorted(found, key=lambda d: -d.score)
+        corners = geo.to_source(boxes.reshape(-1, 2, 2))
+        return detectors.to_detections(corners, scores, geo.to_source(kps), image.shape, self.name)
 
 
 # ----------------------------------------------------------------------------- plugin registration
@@ -253,25 +238,20 @@ class ScrfdDetector:
 
 def available() -> str | None:
     """None when a model resolves (path, env, cache or verified download), else the one-line reason."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "onnxruntime is not installed"
+    missing = detectors.missing_module("onnxruntime")
+    if missing:
+        return missing
     try:
         resolve_scrfd_model()
     except ModelUnavailableError as exc:
-        return f"no SCRFD model: {exc}"
+        return f"{exc}; set {ENV_MODEL} or --model"
     return None
 
 
-@hookimpl
-def faceprep_detectors() -> list[StageSpec]:
-    return [
-        StageSpec(
-            name="scrfd",
-            factory=ScrfdDetector,
-            description="SCRFD-2.5GF (InsightFace) via onnxruntime: boxes, scores, 5 keypoints",
-            available=available,
-            priority=100,
-        )
-    ]
+faceprep_detectors = detectors.detector_hook(
+    "scrfd",
+    ScrfdDetector,
+    "SCRFD-2.5GF (InsightFace) via onnxruntime: boxes, scores, 5 keypoints",
+    available=available,
+    priority=100,
+)

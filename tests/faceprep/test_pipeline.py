@@ -103,7 +103,7 @@ def test_auto_fallback_is_explained_once(monkeypatch: pytest.MonkeyPatch) -> Non
         "worse": StageSpec("worse", object, "available but low priority", priority=0),
     }
     monkeypatch.setattr(plugins, "stages", lambda kind: specs)
-    assert resolve_detector("auto") == ("spare", "detector auto -> spare (best unavailable: no model file)")
+    assert resolve_detector("auto") == ("spare", "best unavailable (no model file); using spare")
     assert resolve_detector("worse") == ("worse", None)
     specs["best"] = StageSpec("best", object, "now fine", priority=10)
     assert resolve_detector("auto") == ("best", None)

