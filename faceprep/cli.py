@@ -101,19 +101,13 @@ def crop(
     fill: str,
     image_format: str,
     jpeg_quality: int,
-    min_score: float | None,
-    min_eye_dist: float | None,
-    max_filled: float | None,
-    min_blur: float | None,
-    max_yaw: float | None,
-    max_roll: float | None,
-    dedup_distance: int | None,
     no_rotation_fix: bool,
     scale: float,
     no_rotate: bool,
     model: str | None,
     limit: int | None,
     contact_sheet: bool,
+    **filter_thresholds: Any,
 ) -> None:
     """Detect, align, filter and write every face found under SRC into the dataset folder DST.
 
@@ -122,15 +116,9 @@ def crop(
     from faceprep.imageio import iter_images
 
     try:
-        thresholds = FilterThresholds(
-            min_score=min_score,
-            min_eye_dist=min_eye_dist,
-            max_filled=max_filled,
-            min_blur=min_blur,
-            max_yaw=max_yaw,
-            max_roll=max_roll,
-            dedup_distance=dedup_distance,
-        )
+        thresholds = FilterThresholds(**filter_thresholds)  # the --min-*/--max-*/--dedup-* options
+        if model is not None and detector == "auto":
+            detector = "scrfd"  # --model names an SCRFD file: that is the choice, nothing to fall back from
         name, note = resolve_detector(detector)
         detector_options = {"model": model} if model else {}
         config = PipelineConfig(
@@ -159,7 +147,9 @@ def crop(
     jobs: list[Job] = [(str(p), p.relative_to(base).as_posix()) for p in paths]
 
     fmt: Literal["png", "jpg"] = "jpg" if image_format == "jpg" else "png"
-    writer = DatasetWriter(dst, image_format=fmt, jpeg_quality=jpeg_quality, dedup_distance=dedup_distance)
+    writer = DatasetWriter(
+        dst, image_format=fmt, jpeg_quality=jpeg_quality, dedup_distance=thresholds.dedup_distance
+    )
     start = time.perf_counter()
     with writer:
         todo = [job for job in jobs if job[1] not in writer.done]
@@ -253,8 +243,10 @@ def list_plugins() -> None:
             raise click.ClickException(str(exc)) from exc
         for spec in sorted(specs.values(), key=lambda s: (-s.priority, s.name)):
             reason = plugins.unavailable_reason(spec)
-            status = "available" if reason is None else f"unavailable: {reason}"
+            status = "available" if reason is None else "unavailable"
             click.echo(f"  {spec.name:<14} {status:<12}  {spec.description}")
+            if reason is not None:
+                click.echo(f"  {'':<14} why: {reason}")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ The SCRFD detector's ONNX file is looked up in this order:
 4. a download of ``SCRFD_URL`` into that cache, accepted only if its sha256 equals ``SCRFD_SHA256``
    (written to a temporary file in the cache folder, verified, then renamed into place, so a killed
    download never leaves a file that looks complete). ``FACEPREP_OFFLINE=1`` forbids the download.
+   The network gets ``DOWNLOAD_TIMEOUT`` seconds to resolve the host, connect and send each block, so
+   a machine without network fails fast; a failed download is not retried within the same process.
 
-Every failure raises ``ModelUnavailableError`` with a one-line reason, which ``auto`` stage selection
-shows before falling back to another detector.
+Every failure raises ``ModelUnavailableError`` with a short one-line reason, which ``auto`` stage
+selection shows before falling back to another detector.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +36,7 @@ Downloader = Callable[[str, Path], None]
 ENV_MODEL = "FACEPREP_SCRFD_MODEL"
 ENV_CACHE = "FACEPREP_CACHE"
 ENV_OFFLINE = "FACEPREP_OFFLINE"
+DOWNLOAD_TIMEOUT = 10.0  # seconds for the DNS lookup, the connection and each block read
 
 
 @dataclass(frozen=True)
@@ -75,11 +82,38 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def urllib_download(url: str, dest: Path, timeout: float = 30.0) -> None:
+def _lookup(host: str, timeout: float) -> None:
+    """Resolve ``host`` within ``timeout`` seconds (``getaddrinfo`` itself has no timeout)."""
+    failed: list[bool] = []
+
+    def run() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+        except OSError:
+            failed.append(True)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TimeoutError(f"no answer for {host} within {timeout:g} s")
+    if failed:
+        raise OSError(f"cannot resolve {host}")
+
+
+def urllib_download(url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT) -> None:
     """The default downloader: stream ``url`` into ``dest`` with the standard library."""
+    host = urllib.parse.urlsplit(url).hostname
+    if host:
+        _lookup(host, timeout)
     request = urllib.request.Request(url, headers={"User-Agent": "faceprep"})
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
-        shutil.copyfileobj(response, out, length=1 << 20)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
+            shutil.copyfileobj(response, out, length=1 << 20)
+    except urllib.error.URLError as exc:  # "<urlopen error ...>" → the reason alone
+        raise OSError(f"{host}: {getattr(exc.reason, 'strerror', None) or exc.reason}") from exc
+    except TimeoutError as exc:
+        raise TimeoutError(f"{host}: no answer within {timeout:g} s") from exc
 
 
 def fetch_verified(source: ModelSource, dest: Path, downloader: Downloader | None = None) -> Path:
@@ -94,16 +128,20 @@ def fetch_verified(source: ModelSource, dest: Path, downloader: Downloader | Non
             fetch(source.url, tmp)
         except Exception as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise ModelUnavailableError(f"download of {source.url} failed ({reason})") from exc
+            raise ModelUnavailableError(f"no model file and download failed: {reason}") from exc
         digest = sha256_file(tmp)
         if digest != source.sha256:
             raise ModelUnavailableError(
-                f"download of {source.url} has sha256 {digest[:16]}…, expected {source.sha256[:16]}…: refused"
+                f"no model file and the download's sha256 {digest[:16]}… is not the pinned "
+                f"{source.sha256[:16]}…: refused"
             )
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
     return dest
+
+
+_FAILED_DOWNLOADS: dict[str, str] = {}  # url → reason: the real network is tried once per process
 
 
 def resolve_model(
@@ -134,11 +172,18 @@ def resolve_model(
         return cached
     allowed = downloads_allowed() if download is None else download
     if not allowed:
-        state = "fails its checksum" if cached.is_file() else "is not in the cache"
-        raise ModelUnavailableError(
-            f"{source.filename} {state} ({cached}) and downloads are off; set {env_var or 'a model path'}"
+        what = (
+            f"cached {cached} fails its checksum" if cached.is_file() else f"no model file in {cached.parent}"
         )
-    return fetch_verified(source, cached, downloader)
+        raise ModelUnavailableError(f"{what} and downloads are off ({ENV_OFFLINE})")
+    if downloader is None and source.url in _FAILED_DOWNLOADS:
+        raise ModelUnavailableError(_FAILED_DOWNLOADS[source.url])
+    try:
+        return fetch_verified(source, cached, downloader)
+    except ModelUnavailableError as exc:
+        if downloader is None:
+            _FAILED_DOWNLOADS[source.url] = str(exc)
+        raise
 
 
 _VERIFIED: dict[tuple[str, int, int], bool] = {}

@@ -26,9 +26,9 @@ def _jsonl(path: Path) -> list[dict]:
     )
 
 
-def _crop(args: list[str], scrfd_model: Path) -> Result:
+def _crop(args: list[str], scrfd_model: Path, detector: str = "scrfd") -> Result:
     return CliRunner().invoke(
-        main, ["crop", *args, "--detector", "scrfd", "--model", str(scrfd_model), "--workers", "1"]
+        main, ["crop", *args, "--detector", detector, "--model", str(scrfd_model), "--workers", "1"]
     )
 
 
@@ -81,7 +81,11 @@ def test_crop_end_to_end_with_bad_input(photo_tree: Path, tmp_path: Path, scrfd_
         assert sheet.width > 128 and sheet.height >= 128
 
 
-def test_jpeg_output_and_single_file_src(photos_dir: Path, tmp_path: Path, scrfd_model: Path) -> None:
+def test_jpeg_output_and_single_file_src(
+    photos_dir: Path, tmp_path: Path, scrfd_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FACEPREP_SCRFD_MODEL")  # only --model says where SCRFD is
+    monkeypatch.setenv("FACEPREP_CACHE", str(tmp_path / "cache"))
     src = tmp_path / "one.jpg"
     shutil.copy(photos_dir / PHOTOS[0], src)
     dst = tmp_path / "out"
@@ -96,10 +100,12 @@ def test_jpeg_output_and_single_file_src(photos_dir: Path, tmp_path: Path, scrfd
         "--size",
         "64",
     ]
-    result = _crop(args, scrfd_model)
+    result = _crop(args, scrfd_model, detector="auto")  # --model makes auto mean scrfd, no fallback
     assert result.exit_code == 0, result.output
+    assert "unavailable" not in result.output
     (meta,) = _jsonl(dst / "metadata.jsonl")
     assert meta["file_name"] == "one_jpg_00.jpg" and meta["source"] == "one.jpg"
+    assert meta["detector"] == "scrfd"
     with Image.open(dst / meta["file_name"]) as im:
         assert im.format == "JPEG" and im.size == (64, 64)
 

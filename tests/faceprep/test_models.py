@@ -69,7 +69,7 @@ def test_download_success_is_atomic_and_cached(tmp_path: Path) -> None:
 
 def test_checksum_mismatch_refuses_and_cleans_up(tmp_path: Path) -> None:
     calls: list[str] = []
-    with pytest.raises(ModelUnavailableError, match=r"sha256 .* expected .*: refused"):
+    with pytest.raises(ModelUnavailableError, match=r"sha256 .* is not the pinned .*: refused"):
         resolve_model(SOURCE, downloader=_writer(b"tampered", calls))
     assert list((tmp_path / "cache").iterdir()) == []
 
@@ -79,7 +79,7 @@ def test_failed_download_cleans_up_and_reports(tmp_path: Path) -> None:
         dest.write_bytes(b"half")
         raise OSError("connection reset\nby peer")
 
-    with pytest.raises(ModelUnavailableError, match="failed \\(connection reset by peer\\)") as info:
+    with pytest.raises(ModelUnavailableError, match=r"download failed: connection reset by peer$") as info:
         fetch_verified(SOURCE, tmp_path / "cache" / "x.onnx", broken)
     assert "\n" not in str(info.value)
     assert list((tmp_path / "cache").iterdir()) == []
@@ -96,14 +96,49 @@ def test_corrupt_cache_is_redownloaded(tmp_path: Path) -> None:
 
 def test_offline_mode_forbids_download(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACEPREP_OFFLINE", "1")
-    with pytest.raises(ModelUnavailableError, match=r"not in the cache .* downloads are off"):
-        resolve_model(SOURCE, downloader=_writer(PAYLOAD, []))
+    calls: list[str] = []
+    with pytest.raises(
+        ModelUnavailableError, match=r"^no model file in .*cache and downloads are off \(FACEPREP_OFFLINE\)$"
+    ):
+        resolve_model(SOURCE, downloader=_writer(PAYLOAD, calls))
+    assert calls == []  # not even tried
 
 
 def test_scrfd_available_reports_one_line_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACEPREP_OFFLINE", "1")
     reason = scrfd.available()
-    assert reason is not None and reason.startswith("no SCRFD model:") and "\n" not in reason
+    assert reason is not None and "\n" not in reason
+    assert reason.startswith("no model file in ") and reason.endswith("; set FACEPREP_SCRFD_MODEL or --model")
+
+
+def test_real_download_failure_is_short_and_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def unreachable(url: str, dest: Path) -> None:
+        calls.append(url)
+        raise OSError("cannot resolve example.invalid")
+
+    monkeypatch.setattr(models, "urllib_download", unreachable)
+    monkeypatch.setattr(models, "_FAILED_DOWNLOADS", {})
+    for _ in range(2):
+        with pytest.raises(ModelUnavailableError) as info:
+            resolve_model(SOURCE)
+        assert str(info.value) == "no model file and download failed: cannot resolve example.invalid"
+    assert calls == [SOURCE.url]  # the second resolution (e.g. `auto` after `plugins`) did not wait again
+
+
+def test_lookup_gives_up_after_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import threading
+
+    release = threading.Event()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: release.wait(5))
+    try:
+        with pytest.raises(TimeoutError, match=r"no answer for example.invalid within 0.05 s"):
+            models._lookup("example.invalid", 0.05)
+    finally:
+        release.set()
+    assert models.DOWNLOAD_TIMEOUT <= 10
 
 
 def test_scrfd_available_with_shared_model(scrfd_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:

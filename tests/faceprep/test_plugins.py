@@ -27,6 +27,20 @@ def test_plugins_command_lists_builtin_stages() -> None:
         assert any(line.split()[:1] == [name] for line in lines), name
 
 
+def test_plugins_command_says_why_scrfd_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FACEPREP_SCRFD_MODEL", raising=False)
+    monkeypatch.setenv("FACEPREP_CACHE", str(tmp_path))
+    monkeypatch.setenv("FACEPREP_OFFLINE", "1")
+    result = CliRunner().invoke(main, ["plugins"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    (i,) = [n for n, line in enumerate(lines) if line.split()[:1] == ["scrfd"]]
+    assert lines[i].split()[1] == "unavailable"
+    why = lines[i + 1].split(maxsplit=1)
+    assert why[0] == "why:" and "downloads are off (FACEPREP_OFFLINE)" in why[1]
+    assert why[1].endswith("set FACEPREP_SCRFD_MODEL or --model") and len(why[1]) < 200
+
+
 def _register(name: str, **hooks: object) -> Iterator[None]:
     module = types.SimpleNamespace(**hooks)
     pm = plugins.get_plugin_manager()
