@@ -13,11 +13,6 @@ from faceprep.detection_eval import combine, load_imglab, match
 from faceprep.imageio import load_image
 
 
-@pytest.fixture(scope="module")
-def detector(scrfd_model: Path) -> ScrfdDetector:
-    return ScrfdDetector(model=scrfd_model, num_threads=1)
-
-
 def test_registered_as_plugin(scrfd_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACEPREP_SCRFD_MODEL", str(scrfd_model))
     spec = plugins.stages("detector")["scrfd"]
@@ -26,9 +21,9 @@ def test_registered_as_plugin(scrfd_model: Path, monkeypatch: pytest.MonkeyPatch
     assert isinstance(det, ScrfdDetector) and det.score_threshold == 0.6
 
 
-def test_solvay_all_29_faces(detector: ScrfdDetector, photos_dir: Path) -> None:
+def test_solvay_all_29_faces(scrfd: ScrfdDetector, photos_dir: Path) -> None:
     image = load_image(photos_dir / "scrfd_repo" / "solvay_conference_1927.png")
-    found = detector.detect(image)
+    found = scrfd.detect(image)
     assert len(found) == 29
     scores = [d.score for d in found]
     assert scores == sorted(scores, reverse=True) and min(scores) >= 0.5
@@ -44,14 +39,14 @@ def test_solvay_all_29_faces(detector: ScrfdDetector, photos_dir: Path) -> None:
         assert np.all((d.landmarks >= [x0, y0]) & (d.landmarks <= [x1, y1]))
 
 
-def test_dlib_recall_and_keypoints(detector: ScrfdDetector, photos_dir: Path) -> None:
+def test_dlib_recall_and_keypoints(scrfd: ScrfdDetector, photos_dir: Path) -> None:
     labelled = [
         image
         for name in ("training_with_face_landmarks.xml", "testing_with_face_landmarks.xml")
         for image in load_imglab(photos_dir / "dlib_faces" / name)
     ]
     assert len(labelled) == 9
-    total = combine([match(image.faces, detector.detect(load_image(image.path))) for image in labelled])
+    total = combine([match(image.faces, scrfd.detect(load_image(image.path))) for image in labelled])
     assert total.labelled == 43
     assert total.recall >= 0.9
     errors = np.array(total.keypoint_errors)
