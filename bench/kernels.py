@@ -16,10 +16,12 @@ the sampling loop (same loop, a free denoiser).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import cast
 
 import torch
 
@@ -110,30 +112,30 @@ def kernel_tables(bandwidth: float, peak: float) -> None:
     compiled = torch.compile(group_norm_silu_reference)
     nbytes = 2 * x.numel() * x.element_size()
     print("GroupNorm+SiLU fwd (32x128x64x64 bf16):")
-    base = gpu_median(lambda: group_norm_silu_reference(x, w, b, 32, s, sh))
+    gn_args = (x, w, b, 32, s, sh)
+    base = gpu_median(functools.partial(group_norm_silu_reference, *gn_args))
     for name, fn in [
         ("eager", group_norm_silu_reference),
         ("torch.compile", compiled),
         ("triton", group_norm_silu_triton),
     ]:
-        row(name, gpu_median(lambda fn=fn: fn(x, w, b, 32, s, sh)), base, nbytes / bandwidth)
+        row(name, gpu_median(functools.partial(fn, *gn_args)), base, nbytes / bandwidth)
     print("GroupNorm+SiLU fwd+bwd:")
     g = torch.randn_like(x)
-    base = gpu_median(lambda: group_norm_silu_reference(x, w, b, 32, s, sh).backward(g))
+
+    def fwd_bwd(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        return lambda: fn(*gn_args).backward(g)
+
+    base = gpu_median(fwd_bwd(group_norm_silu_reference))
     for name, fn in [("eager", group_norm_silu_reference), ("triton", group_norm_silu_triton)]:
-        row(
-            name,
-            gpu_median(lambda fn=fn: fn(x, w, b, 32, s, sh).backward(g)),
-            base,
-            5 * nbytes / 2 / bandwidth,
-        )
+        row(name, gpu_median(fwd_bwd(fn)), base, 5 * nbytes / 2 / bandwidth)
     print("attention fwd (B·heads=32x4, N=256/1024/4096, D=64, bf16):")
     for n in (256, 1024, 4096):
         q, k, v = (torch.randn(32 if n < 4096 else 4, 4, n, 64, device=dev, dtype=dt) for _ in range(3))
         flops = 4 * q.shape[0] * q.shape[1] * n * n * 64
-        base = gpu_median(lambda q=q, k=k, v=v: attention_reference(q, k, v))
+        base = gpu_median(functools.partial(attention_reference, q, k, v))
         row(f"SDPA N={n}", base, base, flops / peak)
-        row(f"triton N={n}", gpu_median(lambda q=q, k=k, v=v: attention_triton(q, k, v)), base, flops / peak)
+        row(f"triton N={n}", gpu_median(functools.partial(attention_triton, q, k, v)), base, flops / peak)
     print("precond loss fwd (32x3x64x64):")
     f = torch.randn(32, 3, 64, 64, device=dev)
     c = torch.rand(32, device=dev)
@@ -173,7 +175,8 @@ def training_step_table(peak: float, batch: int, steps: int, warmup: int) -> Non
         return step
 
     eager_step = training_step(denoiser)
-    compiled_step = training_step(Denoiser(torch.compile(net), denoiser.formulation))
+    compiled_net = cast(torch.nn.Module, torch.compile(net))
+    compiled_step = training_step(Denoiser(compiled_net, denoiser.formulation))
     set_backend("torch")
     eager_step()  # allocator and cuDNN warm-up before counting
     with FlopCounterMode(display=False) as counter:

@@ -75,11 +75,11 @@ def test_resume_is_bit_identical_on_cpu(
     unet = dataclasses.asdict(dataclasses.replace(TINY_UNET, dropout=0.1))
     common = tiny_train_kwargs(faces, batch_size=3, lr=1e-3, warmup=2, num_samples=2, unet=unet, seed=5)
     straight = tmp_path / "straight"
-    train(TrainConfig(out=str(straight), max_steps=6, **common))  # type: ignore[arg-type]
+    train(TrainConfig(out=str(straight), max_steps=6, **common))
     split = tmp_path / "split"
-    first = train(TrainConfig(out=str(split), max_steps=3, **common))  # type: ignore[arg-type]
+    first = train(TrainConfig(out=str(split), max_steps=3, **common))
     assert first.step == 3
-    second = train(TrainConfig(out=str(split), max_steps=6, resume=True, **common))  # type: ignore[arg-type]
+    second = train(TrainConfig(out=str(split), max_steps=6, resume=True, **common))
     assert second.step == 6
     a, b = _tensors(straight), _tensors(split)
     for kind in a:
@@ -92,4 +92,4 @@ def test_resume_is_bit_identical_on_cpu(
     # Resuming a run with a different network is refused.
     other = dict(common, unet=dict(unet, model_channels=16))
     with pytest.raises(ValueError, match="different network"):
-        train(TrainConfig(out=str(split), max_steps=8, resume=True, **other))  # type: ignore[arg-type]
+        train(TrainConfig(out=str(split), max_steps=8, resume=True, **other))

@@ -27,14 +27,14 @@ def test_matches_sdpa(triton_cpu, close, b, h, n, d, dtype, bm, bn) -> None:  # 
     q, k, v = (torch.randn(b, h, n, d, generator=g).to(dtype) for _ in range(3))
     ours = [t.clone().requires_grad_() for t in (q, k, v)]
     ref = [t.detach().double().requires_grad_() for t in (q, k, v)]
-    out = attention_triton(*ours, block_m=bm, block_n=bn)
+    out = attention_triton(ours[0], ours[1], ours[2], block_m=bm, block_n=bn)
     out_ref = attention_reference(*ref)
     close(out, out_ref, dtype, "forward")
     grad = torch.randn(out.shape, generator=g).to(dtype)
     out.backward(grad)
     out_ref.backward(grad.double())
     for name, a, r in zip("qkv", ours, ref, strict=True):
-        close(a.grad, r.grad, dtype, f"grad {name}")  # type: ignore[arg-type]
+        close(a.grad, r.grad, dtype, f"grad {name}")
 
 
 def test_public_op_runs_kernel_when_forced(triton_cpu, close) -> None:  # type: ignore[no-untyped-def]

@@ -65,7 +65,8 @@ def test_matches_reference_fp32(triton_cpu, close, b, groups, cpg, h, w, seed) -
 
 @pytest.mark.parametrize(("shape", "groups"), [((2, 6, 5, 7), 3), ((1, 10, 3, 3), 5), ((3, 4, 1, 1), 2)])
 def test_matches_reference_bf16(triton_cpu, close, shape, groups) -> None:  # type: ignore[no-untyped-def]
-    _compare(_inputs(*shape, torch.bfloat16, seed=sum(shape)), groups, close)
+    b, c, h, w = shape
+    _compare(_inputs(b, c, h, w, torch.bfloat16, seed=sum(shape)), groups, close)
 
 
 @pytest.mark.parametrize(("modulate", "silu"), [(False, False), (True, True)])
@@ -91,6 +92,7 @@ def test_only_scale_or_only_shift(triton_cpu, close) -> None:  # type: ignore[no
 
 def test_nan_propagates_to_its_group_only(triton_cpu) -> None:  # type: ignore[no-untyped-def]
     x, w, bias, scale, shift = _inputs(2, 4, 3, 3, torch.float32, seed=1)
+    assert x is not None
     x[1, 2, 1, 1] = float("nan")  # sample 1, group 1 (channels 2-3)
     y = group_norm_silu(x, w, bias, 2, scale, shift)  # type: ignore[arg-type]
     assert torch.isnan(y[1, 2:]).all()
