@@ -97,6 +97,22 @@ def sigterm_after(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def describe_run(run: Path, preset_name: str) -> dict[str, Any]:
+    """Training figures of an existing run (``--ours-run``), read back from its log."""
+    denoiser, preset = load_run(run, device="cpu")
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    rates = sorted(r["images_per_s"] for r in log[1:] if "images_per_s" in r)
+    return {
+        "model": f"ours:{preset.name} ({preset.formulation}) [reused run {run}]",
+        "train_images_per_s_median_window": rates[len(rates) // 2] if rates else None,
+        "params": sum(p.numel() for p in denoiser.parameters()),
+        "steps": max(int(r["step"]) for r in log),
+        "batch_size": preset.batch_size,
+        "train_images_per_s_overall": rates[len(rates) // 2] if rates else None,
+        "final_loss": log[-1].get("loss"),
+    }
+
+
 def train_ours(args: argparse.Namespace, data: Path, run: Path) -> dict[str, Any]:
     cfg = TrainConfig(
         data=str(data), out=str(run), preset=args.preset, max_steps=10**9, holdout=args.holdout,
@@ -247,7 +263,10 @@ def main() -> None:
     parser.add_argument("--samplers", default="euler,heun,dpmpp2m,ddim")
     parser.add_argument("--nfe", default="10,20,50")
     parser.add_argument("--ddpm-steps", type=int, default=1000)
-    parser.add_argument("--ddim-steps", type=int, default=50)
+    parser.add_argument("--ddim-steps", default="50", help="baseline DDIM steps, comma-separated")
+    parser.add_argument("--ddpm-n", type=int, default=None, help="samples for the DDPM row (default: --n)")
+    parser.add_argument("--ours-run", type=Path, default=None, help="reuse a trained run instead of training")
+    parser.add_argument("--baseline-run", type=Path, default=None, help="reuse saved baseline weights")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: the preset's)")
     parser.add_argument("--eval-batch", type=int, default=100)
     parser.add_argument("--device", default="auto")
@@ -262,7 +281,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.minutes, args.n, args.ref_limit, args.limit_images = 0.5, 16, 48, 600
-        args.nfe, args.samplers, args.ddpm_steps, args.ddim_steps = "6", "euler,heun,dpmpp2m,ddim", 50, 6
+        args.nfe, args.samplers, args.ddpm_steps, args.ddim_steps = "6", "euler,heun,dpmpp2m,ddim", 50, "6"
         args.holdout, args.quiet = 0.1, True
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -279,13 +298,25 @@ def main() -> None:
     report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "device": device,
                               "torch_threads": torch.get_num_threads()}  # fmt: skip
 
-    print(f"== training ours ({args.preset}) for {args.minutes} min on {device}", flush=True)
-    run = work / "ours"
-    ours = train_ours(args, data, run)
+    if args.ours_run is not None:
+        run = args.ours_run
+        ours = describe_run(run, args.preset)
+    else:
+        print(f"== training ours ({args.preset}) for {args.minutes} min on {device}", flush=True)
+        run = args.out / f"ours_{tag}"
+        ours = train_ours(args, data, run)
     resolution = effective_preset(TrainConfig(data="", out="", preset=args.preset)).unet.resolution
     width, _ = matched_width(resolution, ours["params"])
-    print(f"== training baseline (width {width}) for {args.minutes} min", flush=True)
-    unet, base = train_baseline(args, data, resolution, width)
+    if args.baseline_run is not None:
+        from diffusers import UNet2DModel
+
+        unet = UNet2DModel.from_pretrained(args.baseline_run).eval()
+        base = json.loads((args.baseline_run / "train_info.json").read_text())
+    else:
+        print(f"== training baseline (width {width}) for {args.minutes} min", flush=True)
+        unet, base = train_baseline(args, data, resolution, width)
+        unet.save_pretrained(args.out / f"baseline_{tag}")  # so the scoring can be re-run alone
+        (args.out / f"baseline_{tag}" / "train_info.json").write_text(json.dumps(base, indent=2))
     report["train"] = {"ours": ours, "baseline": base}
     print(json.dumps(report["train"], indent=2))
 
@@ -307,14 +338,17 @@ def main() -> None:
     grid = generate(denoiser, 36, sampler="dpmpp2m", steps=20, seed=args.seed, batch_size=36)
     save_grid(grid, args.out / f"quality_{tag}_ours_dpmpp2m20.png")
 
-    for kind, steps in (("ddpm", args.ddpm_steps), ("ddim", args.ddim_steps)):
+    baseline_rows = [("ddpm", args.ddpm_steps, args.ddpm_n or args.n)]
+    baseline_rows += [("ddim", int(v), args.n) for v in args.ddim_steps.split(",")]
+    for kind, steps, n in baseline_rows:
+        print(f"== baseline {kind} {steps} steps, n={n}", flush=True)
         t0 = time.perf_counter()
-        images = sample_baseline(unet, args.n, kind, steps, args.seed, args.eval_batch)
+        images = sample_baseline(unet, n, kind, steps, args.seed, args.eval_batch)
         gen_s = time.perf_counter() - t0
         results = score_images(images, ref, extractor, batch_size=args.eval_batch, seed=args.seed)
         row: dict[str, Any] = {
-            "model": "baseline", "sampler": f"diffusers-{kind}", "steps": steps, "nfe": steps, "n": args.n,
-            "metrics": [r.as_dict() for r in results], "sampling_images_per_s": round(args.n / gen_s, 3),
+            "model": "baseline", "sampler": f"diffusers-{kind}", "steps": steps, "nfe": steps, "n": n,
+            "metrics": [r.as_dict() for r in results], "sampling_images_per_s": round(n / gen_s, 3),
         }  # fmt: skip
         for res in results:
             row[res.metric] = res.value
