@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from diffengine.kernels._triton import cdiv, dense_like, kernel, tl
+from diffengine.kernels._triton import cdiv, dense_like, flat_dense, kernel, tl
 from diffengine.kernels.backend import use_triton
 
 BLOCK = 4096
@@ -104,7 +104,7 @@ class _PrecondLoss(torch.autograd.Function):
         c_out: torch.Tensor,
         weight: torch.Tensor,
     ) -> torch.Tensor:
-        f = dense_like(net_out, net_out)
+        f = flat_dense(net_out)
         xn, x0 = dense_like(x_noisy, f), dense_like(x_clean, f)
         b, m = _rows(f)
         c_skip, c_out, weight = _per_sample(c_skip, c_out, weight, batch=b)
@@ -167,7 +167,7 @@ def noise_input(
     tensors = (x_clean, noise, sigma, c_in)
     if not use_triton(*tensors, unsupported=_no_grad_reason(*tensors)):
         return noise_input_reference(*tensors)
-    x0 = dense_like(x_clean, x_clean)
+    x0 = flat_dense(x_clean)
     n = dense_like(noise, x0)
     b, m = _rows(x0)
     sigma, c_in = _per_sample(sigma, c_in, batch=b)

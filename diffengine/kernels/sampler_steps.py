@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from diffengine.kernels._triton import Kernel, cdiv, dense_like, kernel, tl
+from diffengine.kernels._triton import Kernel, cdiv, dense_like, flat_dense, kernel, tl
 from diffengine.kernels.backend import use_triton
 
 Sigma = float | torch.Tensor
@@ -183,7 +183,7 @@ def _launch(
     kern: Kernel, tensors: tuple[torch.Tensor, ...], sigmas: tuple[Sigma | None, ...], **meta: bool
 ) -> torch.Tensor:
     """Run a step kernel over ``tensors`` (laid out like the first; the output too), then n and the σ."""
-    x = dense_like(tensors[0], tensors[0])
+    x = flat_dense(tensors[0])
     out = torch.empty_like(x)
     n = x.numel()
     args, ptr = _sigma_args(*sigmas, like=x)
