@@ -47,6 +47,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@functools.cache
+def _cuda_capability(index: int | None) -> tuple[int, int]:
+    """A card's compute capability, read once: ``use_triton`` runs on every op call (every sampler step)."""
+    return torch.cuda.get_device_capability(index)
+
+
 def _why_not(tensors: tuple[torch.Tensor, ...]) -> str | None:
     if not triton_available():
         return "triton is not installed"
@@ -54,7 +60,7 @@ def _why_not(tensors: tuple[torch.Tensor, ...]) -> str | None:
         if t.dtype not in SUPPORTED_DTYPES:
             return f"dtype {t.dtype} is not supported"
         if t.device.type == "cuda":
-            cap = torch.cuda.get_device_capability(t.device)
+            cap = _cuda_capability(t.device.index)
             if cap < MIN_CAPABILITY:
                 return f"compute capability {cap[0]}.{cap[1]} is below Triton's minimum 7.0"
         elif not (t.device.type == "cpu" and interpreting()):
