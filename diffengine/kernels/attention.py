@@ -15,6 +15,7 @@ the kernel (tests, benchmarks).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any
@@ -251,7 +252,13 @@ def _prefer_triton(q: torch.Tensor) -> bool:
         raise ValueError(f"DIFFENGINE_ATTENTION must be auto, sdpa or triton, not {choice!r}")
     if choice != "auto":
         return choice == "triton"
-    return q.is_cuda and torch.cuda.get_device_name(q.device) in TRITON_ATTENTION_FASTER_ON
+    return q.is_cuda and _device_name(q.device.index) in TRITON_ATTENTION_FASTER_ON
+
+
+@functools.cache
+def _device_name(index: int | None) -> str:
+    """The card's name, read once rather than on every attention call."""
+    return torch.cuda.get_device_name(index)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
