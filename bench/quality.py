@@ -170,13 +170,11 @@ def matched_width(resolution: int, target_params: int) -> tuple[int, int]:
 
 
 def train_baseline(
-    args: argparse.Namespace, data: Path, resolution: int, width: int
+    args: argparse.Namespace, data: Path, resolution: int, width: int, device: str
 ) -> tuple[Any, dict[str, Any]]:
     from diffusers import DDPMScheduler
 
     start = time.perf_counter()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))  # fmt: skip
     source = open_source(data)
     train_names, _ = heldout_split(source.names, args.holdout)
     images = load_images(source, resolution, train_names)
@@ -286,7 +284,8 @@ def main() -> None:
         args.holdout, args.quiet = 0.1, True
     if args.threads:
         torch.set_num_threads(args.threads)
-    tag = f"{effective_preset(TrainConfig(data='', out='', preset=args.preset)).unet.resolution}px"
+    resolution = effective_preset(TrainConfig(data="", out="", preset=args.preset)).unet.resolution
+    tag = f"{resolution}px"
     tag += "_smoke" if args.smoke else ""
     args.out.mkdir(parents=True, exist_ok=True)
     device = (
@@ -306,7 +305,6 @@ def main() -> None:
         print(f"== training ours ({args.preset}) for {args.minutes} min on {device}", flush=True)
         run = args.out / f"ours_{tag}"
         ours = train_ours(args, data, run)
-    resolution = effective_preset(TrainConfig(data="", out="", preset=args.preset)).unet.resolution
     width, _ = matched_width(resolution, ours["params"])
     if args.baseline_run is not None:
         from diffusers import UNet2DModel
@@ -315,7 +313,7 @@ def main() -> None:
         base = json.loads((args.baseline_run / "train_info.json").read_text())
     else:
         print(f"== training baseline (width {width}) for {args.minutes} min", flush=True)
-        unet, base = train_baseline(args, data, resolution, width)
+        unet, base = train_baseline(args, data, resolution, width, device)
         unet.save_pretrained(args.out / f"baseline_{tag}")  # so the scoring can be re-run alone
         (args.out / f"baseline_{tag}" / "train_info.json").write_text(json.dumps(base, indent=2))
     report["train"] = {"ours": ours, "baseline": base}
