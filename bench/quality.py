@@ -309,7 +309,7 @@ def main() -> None:
     if args.baseline_run is not None:
         from diffusers import UNet2DModel
 
-        unet = UNet2DModel.from_pretrained(args.baseline_run).eval()
+        unet = UNet2DModel.from_pretrained(args.baseline_run).to(device).eval()
         base = json.loads((args.baseline_run / "train_info.json").read_text())
     else:
         print(f"== training baseline (width {width}) for {args.minutes} min", flush=True)
