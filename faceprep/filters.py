@@ -167,29 +167,33 @@ class DuplicateIndex:
     """Perceptual hashes of the faces kept so far in a run (including earlier, resumed runs).
 
     ``check`` measures the Hamming distance to the nearest kept hash; ``add`` remembers a kept face. A
-    linear scan over packed 64-bit integers: ~1 µs per 1000 kept faces with numpy.
+    linear scan over a growing uint64 array (no per-check conversion): ~0.1 ms per 100 000 kept faces.
     """
 
     def __init__(self, distance: int | None, hashes: Iterable[str] = ()) -> None:
         self.distance = distance
-        self._hashes: list[int] = []
+        self._hashes = np.empty(1024, dtype=np.uint64)  # grown by doubling; the first _count are used
+        self._count = 0
         for h in hashes:
             self.add(h)
 
     def __len__(self) -> int:
-        return len(self._hashes)
+        return self._count
 
     def add(self, hash_hex: str) -> None:
-        self._hashes.append(int(hash_hex, 16))
+        if self._count == len(self._hashes):
+            self._hashes = np.concatenate([self._hashes, np.empty_like(self._hashes)])
+        self._hashes[self._count] = np.uint64(int(hash_hex, 16))
+        self._count += 1
 
     def nearest(self, hash_hex: str) -> int:
         """Hamming distance to the nearest remembered hash (``NO_DUPLICATE`` = 64 when empty)."""
-        if not self._hashes:
+        if not self._count:
             return int(NO_DUPLICATE)
-        stored = np.array(self._hashes, dtype=np.uint64)
-        xor = np.bitwise_xor(stored, np.uint64(int(hash_hex, 16)))
-        bits = np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
-        return int(bits.min())
+        xor = np.bitwise_xor(self._hashes[: self._count], np.uint64(int(hash_hex, 16)))
+        if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+            return int(np.bitwise_count(xor).min())
+        return int(np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1).min())
 
     def check(self, hash_hex: str) -> FilterResult:
         """``duplicate`` filter: passes when no kept face is within ``distance``."""
