@@ -253,7 +253,7 @@ class _GroupNormSiLU(torch.autograd.Function):
             mean, rstd, *plan.shape_args, eps, **plan.meta,
         )  # fmt: skip
         ctx.save_for_backward(x, weight, bias, scale_c, shift_c, mean, rstd)  # type: ignore[arg-type]
-        ctx.meta = (num_groups, silu)  # type: ignore[attr-defined]
+        ctx.plan = plan  # type: ignore[attr-defined]
         return y.view(shape) if y.shape != shape else y
 
     @staticmethod
@@ -261,8 +261,7 @@ class _GroupNormSiLU(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
         x, weight, bias, scale, shift, mean, rstd = ctx.saved_tensors  # type: ignore[attr-defined]
-        num_groups, silu = ctx.meta  # type: ignore[attr-defined]
-        x, plan = _plan(x, num_groups, scale, shift, silu)
+        plan: _Plan = ctx.plan  # type: ignore[attr-defined]
         dy = dy.reshape(x.shape)
         if dy.stride() != x.stride():
             dy = torch.empty_like(x).copy_(dy)
@@ -292,8 +291,7 @@ def group_norm_silu_triton(
 ) -> torch.Tensor:
     """The Triton path of ``group_norm_silu`` (no dispatch; inputs must be able to run it)."""
     _check(x, weight, num_groups, scale if scale is not None else shift)
-    out = _GroupNormSiLU.apply(x, weight, bias, scale, shift, num_groups, eps, silu)
-    return out
+    return _GroupNormSiLU.apply(x, weight, bias, scale, shift, num_groups, eps, silu)
 
 
 def group_norm_silu(
