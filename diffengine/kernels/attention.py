@@ -205,7 +205,7 @@ class _FlashAttention(torch.autograd.Function):
             **meta, num_stages=2,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.blocks = (block_m, block_n)  # type: ignore[attr-defined]
+        ctx.meta = meta  # type: ignore[attr-defined]
         return o
 
     @staticmethod
@@ -215,7 +215,7 @@ class _FlashAttention(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors  # type: ignore[attr-defined]
         do = do.contiguous()
         b, h, n, d = q.shape
-        meta = _meta(q, *ctx.blocks)  # type: ignore[attr-defined]
+        meta = ctx.meta  # type: ignore[attr-defined]
         sm_scale = 1.0 / math.sqrt(d)
         delta = (do.float() * o.float()).sum(-1).view(b * h, n)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
