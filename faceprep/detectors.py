@@ -33,8 +33,12 @@ def check_num_threads(num_threads: int) -> int:
 
 def check_image(image: ImageArray) -> None:
     """Raise ValueError unless ``image`` is an (H, W, 3) uint8 RGB array (the Detector protocol)."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image is empty: {image.shape}")
 
 
 def to_detections(

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from faceprep.detectors import check_image
 from faceprep.geometry import output_to_source, quad_bounds
 from faceprep.hookspecs import Fill
 from faceprep.types import FloatArray, ImageArray, Quad
@@ -36,14 +37,6 @@ def check_size(size: int) -> None:
     """Raise ValueError unless ``size`` is an int in [MIN_SIZE, MAX_SIZE]."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"output size must be an integer from {MIN_SIZE} to {MAX_SIZE}, got {size!r}")
-
-
-def _check_image(image: ImageArray) -> None:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise ValueError(f"image must be an (H, W, 3) uint8 array, got {got}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"image is empty: {image.shape}")
 
 
 def filled_fraction(quad: Quad, size: int, image_shape: tuple[int, ...]) -> float:
@@ -81,7 +74,7 @@ def extract_face(image: ImageArray, quad: Quad, size: int, fill: Fill) -> tuple[
     that does not overlap the photo at all.
     """
     check_size(size)
-    _check_image(image)
+    check_image(image)
     corners = np.asarray(quad.corners, dtype=np.float64)
     if corners.shape != (4, 2) or not np.all(np.isfinite(corners)) or quad.side < 1e-6:
         raise ValueError(f"quad must have 4 finite corners and a positive side, got {corners.tolist()}")
