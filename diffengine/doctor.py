@@ -112,8 +112,9 @@ def data_statistics(images: torch.Tensor) -> dict[str, Any]:
 
 def check_data(
     path: str | os.PathLike[str], resolution: int, limit: int = 512
-) -> tuple[list[Finding], torch.Tensor]:
-    """Findings about the data and up to ``limit`` images (evenly spread) at ``resolution`` as uint8."""
+) -> tuple[list[Finding], torch.Tensor, dict[str, Any]]:
+    """Findings about the data, up to ``limit`` images (evenly spread) at ``resolution`` as uint8, and
+    their :func:`data_statistics`."""
     source = open_source(path)
     n = len(source.names)
     pick = [source.names[i] for i in torch.linspace(0, n - 1, min(n, limit)).round().long().unique().tolist()]
@@ -159,7 +160,7 @@ def check_data(
             f"{n} images" + (f": under ~{FEW_IMAGES} the model memorises them; get more data" if few else ""),
         )
     )
-    return findings, images
+    return findings, images, stats
 
 
 def _source_size(source: Any, name: str) -> tuple[int, int]:
@@ -385,8 +386,7 @@ def run_doctor(
         run_findings, run_denoiser, run_preset = check_run(Path(run))
         if run_preset is not None:
             resolution = run_preset.unet.resolution
-    findings, images = check_data(data, resolution, limit)
-    stats = data_statistics(images)
+    findings, images, stats = check_data(data, resolution, limit)
 
     # One-batch overfit of a tiny model at 16 px on 8 real images.
     pick = torch.linspace(0, images.shape[0] - 1, min(8, images.shape[0])).round().long()

@@ -71,6 +71,6 @@ def test_doctor_on_real_faces_and_dark_data(faces: Path, tmp_path: Path) -> None
     for i in range(4):
         pixels = torch.randint(0, 2, (16, 16, 3), generator=rng, dtype=torch.uint8)
         Image.fromarray(pixels.numpy()).save(dark / f"{i}.png")
-    findings, _ = check_data(dark, 16)
+    findings, _, _ = check_data(dark, 16)
     flagged = [f for f in findings if f.name == "data-range"]
     assert flagged and flagged[0].severity == "warn" and "low contrast" in flagged[0].message
