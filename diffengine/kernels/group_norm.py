@@ -216,16 +216,26 @@ def _plan(
     return x, _Plan((b * num_groups,), (c, hw, num_groups, cpg, sb, sc, shw), cpg * hw, meta)
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, num_groups: int, scale: torch.Tensor | None) -> None:
+def _check(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    num_groups: int,
+    scale: torch.Tensor | None,
+    shift: torch.Tensor | None,
+) -> None:
+    """Shapes the kernels index by (they read out of bounds otherwise)."""
     if x.ndim < 3:
         raise ValueError(f"group_norm_silu expects (B, C, H, W), got shape {tuple(x.shape)}")
     c = x.shape[1]
     if num_groups <= 0 or c % num_groups:
         raise ValueError(f"channels {c} are not divisible into {num_groups} groups")
-    if weight.shape != (c,):
-        raise ValueError(f"weight must have shape ({c},), got {tuple(weight.shape)}")
-    if scale is not None and scale.shape != (x.shape[0], c):
-        raise ValueError(f"scale/shift must have shape ({x.shape[0]}, {c}), got {tuple(scale.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t.shape != (c,):
+            raise ValueError(f"{name} must have shape ({c},), got {tuple(t.shape)}")
+    for name, m in (("scale", scale), ("shift", shift)):
+        if m is not None and m.shape != (x.shape[0], c):
+            raise ValueError(f"{name} must have shape ({x.shape[0]}, {c}), got {tuple(m.shape)}")
 
 
 class _GroupNormSiLU(torch.autograd.Function):
@@ -290,7 +300,7 @@ def group_norm_silu_triton(
     silu: bool = True,
 ) -> torch.Tensor:
     """The Triton path of ``group_norm_silu`` (no dispatch; inputs must be able to run it)."""
-    _check(x, weight, num_groups, scale if scale is not None else shift)
+    _check(x, weight, bias, num_groups, scale, shift)
     return _GroupNormSiLU.apply(x, weight, bias, scale, shift, num_groups, eps, silu)
 
 

@@ -103,3 +103,11 @@ def test_bad_groups_raise(triton_cpu) -> None:  # type: ignore[no-untyped-def]
     x, w, bias, _, _ = _inputs(1, 6, 2, 2, torch.float32, seed=0)
     with pytest.raises(ValueError, match="not divisible"):
         group_norm_silu(x, w, bias, 4)  # type: ignore[arg-type]
+
+
+def test_bad_bias_or_shift_shape_raises(triton_cpu) -> None:  # type: ignore[no-untyped-def]
+    x, w, bias, scale, shift = (t for t in _inputs(2, 6, 2, 2, torch.float32, seed=0) if t is not None)
+    with pytest.raises(ValueError, match="bias"):
+        group_norm_silu(x, w, bias[:4], 3)
+    with pytest.raises(ValueError, match="shift"):
+        group_norm_silu(x, w, bias, 3, scale, shift[:1])
