@@ -20,6 +20,7 @@ import click
 from faceprep import plugins
 from faceprep.dataset import DatasetWriter, RunStats
 from faceprep.filters import FilterThresholds
+from faceprep.geometry import MAX_SIZE, MIN_SIZE
 from faceprep.pipeline import FileResult, Pipeline, PipelineConfig, resolve_detector
 
 Job = tuple[str, str]  # (path to read, source name relative to SRC)
@@ -64,7 +65,11 @@ def main() -> None:
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
 @click.argument("dst", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
-    "--size", type=click.IntRange(64, 1024), default=256, show_default=True, help="Output side (px)."
+    "--size",
+    type=click.IntRange(MIN_SIZE, MAX_SIZE),
+    default=256,
+    show_default=True,
+    help="Output side (px).",
 )
 @click.option(
     "--workers", type=click.IntRange(1, 256), default=None, help="Worker processes [default: CPUs]."

@@ -11,6 +11,8 @@ import numpy as np
 
 from faceprep.types import FloatArray, Quad
 
+MIN_SIZE, MAX_SIZE = 64, 1024  # the output side (px) that the warp and the pipeline accept
+
 
 def rot90(v: FloatArray) -> FloatArray:
     """Rotate a 2-vector by +90° in image coordinates (y down): (x, y) -> (-y, x)."""

@@ -21,11 +21,11 @@ from typing import Any
 from faceprep import filters, plugins
 from faceprep.detectors import check_image
 from faceprep.filters import DuplicateIndex, FilterThresholds
+from faceprep.geometry import MAX_SIZE, MIN_SIZE
 from faceprep.imageio import load_image
 from faceprep.rotation import with_rotation_correction
 from faceprep.types import Detection, FaceCrop, ImageArray, ImageLoadError, SourceError
 
-MIN_SIZE, MAX_SIZE = 64, 1024
 ALIGNER_OPTIONS = frozenset({"rotate", "scale", "shift"})
 
 

@@ -23,12 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from faceprep.detectors import check_image
-from faceprep.geometry import output_to_source, quad_bounds
+from faceprep.geometry import MAX_SIZE, MIN_SIZE, output_to_source, quad_bounds
 from faceprep.hookspecs import Fill
 from faceprep.types import FloatArray, ImageArray, Quad
 
-MIN_SIZE = 64
-MAX_SIZE = 1024
 SUPERSAMPLE = 2  # the warp grid is SUPERSAMPLE·size, then antialiased down to size
 WARP_MODE = "bicubic"  # measured: ~5 dB closer to a 4096-px Lanczos reference than bilinear when rotated
 
