@@ -12,7 +12,6 @@ comparisons should read KID. Every figure is printed next to its sample count.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import math
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 
 from diffengine.metrics.fid import MetricResult, fid_from_features, kid, precision_recall
-from diffengine.metrics.inception import InceptionFeatures, load_inception
+from diffengine.metrics.inception import InceptionFeatures, default_inception
 from diffengine.metrics.refstats import RefStats, reference_statistics
 
 __all__ = [
@@ -40,10 +39,7 @@ __all__ = [
 FID_PAPER_N = 10_000  # below this FID is reported but flagged as not paper-comparable
 
 
-@functools.lru_cache(maxsize=4)
-def default_extractor(device: str = "cpu") -> InceptionFeatures:
-    """The pinned Inception, loaded once per process and device."""
-    return load_inception(device=device)
+default_extractor = default_inception  # the pinned Inception, loaded once per process and device
 
 
 def score_images(

@@ -22,6 +22,7 @@ state dict, for a PyTorch without TorchScript.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ __all__ = [
     "PREPROCESSING_ID",
     "EagerInceptionV3",
     "InceptionFeatures",
+    "default_inception",
     "default_weights_path",
     "load_inception",
     "nv_resize",
@@ -384,3 +386,10 @@ def load_inception(
         raise ValueError(f"unknown Inception backend {backend!r} (use 'torchscript' or 'eager')")
     layers = layers.to(dev).eval()
     return InceptionFeatures(layers=layers, backend=backend, weights=path, sha256=digest, device=dev)
+
+
+@functools.lru_cache(maxsize=4)
+def default_inception(device: str = "cpu") -> InceptionFeatures:
+    """The pinned Inception (:func:`load_inception` defaults), loaded and its weights hashed once per
+    process and device."""
+    return load_inception(device=device)

@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from diffengine.data import heldout_split, load_images, open_source
 from diffengine.metrics.fid import GaussianStats, gaussian_stats
-from diffengine.metrics.inception import InceptionFeatures, load_inception
+from diffengine.metrics.inception import InceptionFeatures, default_inception
 
 __all__ = ["RefStats", "default_cache_dir", "load_refstats", "reference_statistics", "select_names"]
 
@@ -164,7 +164,7 @@ def reference_statistics(
     names = select_names(source.names, split, heldout_fraction, limit)
     if len(names) < 2:
         raise ValueError(f"{path}: split {split!r} has {len(names)} image(s); need at least 2")
-    extractor = extractor or load_inception()
+    extractor = extractor or default_inception()
     fingerprint = _fingerprint(source.path, names, source.is_zip)
     key_src = f"{fingerprint}|{resolution}|{split}|{heldout_fraction}|{extractor.preprocessing_id}"
     key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
