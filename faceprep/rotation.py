@@ -185,7 +185,7 @@ class RotationCorrectingDetector:
         if self.follows and abs(roll) <= self.threshold_deg:
             return det
         candidates = [roll] if self.follows else [roll, roll + 90.0, roll - 90.0]
-        best: tuple[CropFrame, Detection] | None = None
+        best: tuple[CropFrame, Detection, ImageArray] | None = None
         for angle in candidates:
             hit = self._redetect(image, det, angle)
             if hit is not None and (best is None or hit[1].score > best[1].score):
@@ -193,7 +193,7 @@ class RotationCorrectingDetector:
         if best is None:
             return det
         for _ in range(self.max_iter):
-            frame, upright = best
+            frame, upright, _ = best
             residual = roll_deg(upright.landmarks)
             if abs(residual) < CONVERGED_DEG:
                 break
@@ -201,32 +201,33 @@ class RotationCorrectingDetector:
             if hit is None:
                 break
             best = hit
-        frame, upright = self._flip_average(image, *best)
+        frame, upright = self._flip_average(*best)
         return Detection(det.box, det.score, frame.to_photo(upright.landmarks), det.detector)
 
     def _redetect(
         self, image: ImageArray, det: Detection, angle: float
-    ) -> tuple[CropFrame, Detection] | None:
-        """Detect on the crop rotated by ``angle``; the re-detection that is ``det``'s face, if any.
+    ) -> tuple[CropFrame, Detection, ImageArray] | None:
+        """Detect on the crop rotated by ``angle``; the re-detection that is ``det``'s face (with its
+        frame and the crop's pixels), if any.
 
         Each candidate's box is mapped back to the photo and compared with ``det`` there (IoU and
         centre distance, ``same_face``); among matches the best-overlapping one wins.
         """
         frame = frame_for(det, angle)
+        crop = frame.cut(image)
         best, best_iou = None, 0.0
-        for face in self.inner.detect(frame.cut(image)):
+        for face in self.inner.detect(crop):
             box = _box_around(frame.to_photo(_box_corners(face.box)))
             overlap = box_iou(det.box, box)
             if same_face(det, box) and overlap > best_iou:
                 best, best_iou = face, overlap
-        return None if best is None else (frame, best)
+        return None if best is None else (frame, best, crop)
 
     def _flip_average(
-        self, image: ImageArray, frame: CropFrame, upright: Detection
+        self, frame: CropFrame, upright: Detection, crop: ImageArray
     ) -> tuple[CropFrame, Detection]:
         """Average the upright landmarks with those of the mirrored crop (cancels left/right bias)."""
-        crop = np.ascontiguousarray(frame.cut(image)[:, ::-1])
-        faces = self.inner.detect(crop)
+        faces = self.inner.detect(np.ascontiguousarray(crop[:, ::-1]))
         if not faces:
             return frame, upright
         mirrored = np.array([[frame.size - 1 - x, y] for x, y in (f.landmarks[2] for f in faces)])
