@@ -59,9 +59,6 @@ def load_imglab(xml_path: str | Path) -> list[LabelledImage]:
     return images
 
 
-iou = box_iou  # the name the detector tests use
-
-
 @dataclass(frozen=True)
 class MatchResult:
     labelled: int
@@ -80,7 +77,8 @@ def match(
     """Greedy one-to-one matching by IoU (best pairs first); ignored faces count neither way."""
     faces = [f for f in truth if not f.ignore]
     pairs = sorted(
-        ((iou(f.box, d.box), i, j) for i, f in enumerate(faces) for j, d in enumerate(found)), reverse=True
+        ((box_iou(f.box, d.box), i, j) for i, f in enumerate(faces) for j, d in enumerate(found)),
+        reverse=True,
     )
     used_f: set[int] = set()
     used_d: set[int] = set()
