@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffengine.data import heldout_split, load_images, open_source
-from diffengine.evaluate import default_extractor, format_table, score_images, sweep
+from diffengine.evaluate import default_extractor, format_table, metric_fields, score_images, sweep
 from diffengine.generate import build_denoiser, generate, load_run, save_grid
 from diffengine.metrics.refstats import RefStats, reference_statistics
 from diffengine.train import TrainConfig, effective_preset, train
@@ -347,12 +347,8 @@ def main() -> None:
         results = score_images(images, ref, extractor, batch_size=args.eval_batch, seed=args.seed)
         row: dict[str, Any] = {
             "model": "baseline", "sampler": f"diffusers-{kind}", "steps": steps, "nfe": steps, "n": n,
-            "metrics": [r.as_dict() for r in results], "sampling_images_per_s": round(n / gen_s, 3),
+            "sampling_images_per_s": round(n / gen_s, 3), **metric_fields(results),
         }  # fmt: skip
-        for res in results:
-            row[res.metric] = res.value
-            if res.std is not None:
-                row[f"{res.metric}_std"] = res.std
         rows.append(row)
         if kind == "ddpm":
             save_grid(images[:36], args.out / f"quality_{tag}_baseline_ddpm{steps}.png")

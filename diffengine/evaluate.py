@@ -120,16 +120,21 @@ def _row(
         "steps": steps,
         "nfe": nfe(sampler, steps),
         "n": n,
-        "metrics": [r.as_dict() for r in results],
         "wall_time_s": round(total_s, 3),
         "generate_time_s": round(gen_s, 3),
         "sampling_images_per_s": round(n / gen_s, 3) if gen_s > 0 else None,
     }
+    return row | metric_fields(results)
+
+
+def metric_fields(results: Sequence[MetricResult]) -> dict[str, Any]:
+    """``{"metrics": [...], metric: value, metric_std: std}``: the metric part of a result row."""
+    fields: dict[str, Any] = {"metrics": [r.as_dict() for r in results]}
     for r in results:
-        row[r.metric] = r.value
+        fields[r.metric] = r.value
         if r.std is not None:
-            row[f"{r.metric}_std"] = r.std
-    return row
+            fields[f"{r.metric}_std"] = r.std
+    return fields
 
 
 def format_results(results: Sequence[MetricResult]) -> str:
