@@ -137,7 +137,7 @@ def crop(
             rotation_fix=not no_rotation_fix,
             dedup=False,  # near-duplicates are checked by the single writer, across the whole run
         )
-        pipeline = Pipeline(config)  # validates names and options here, before any work starts
+        pipeline: Pipeline | None = Pipeline(config)  # validates names and options before any work
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise click.UsageError(str(exc)) from exc
     if note:
@@ -162,6 +162,8 @@ def crop(
         if skipped:
             click.echo(f"faceprep: resuming in {dst}: {skipped} of {len(jobs)} photos already done", err=True)
         n_workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
+        if n_workers > 1:
+            pipeline = None  # each worker builds its own: free this one's model session now
         _run(todo, pipeline, config, n_workers, writer)
     elapsed = time.perf_counter() - start
     sheet = writer.write_contact_sheet() if contact_sheet else None
@@ -173,7 +175,7 @@ def crop(
 
 
 def _run(
-    todo: list[Job], pipeline: Pipeline, config: PipelineConfig, n_workers: int, writer: DatasetWriter
+    todo: list[Job], pipeline: Pipeline | None, config: PipelineConfig, n_workers: int, writer: DatasetWriter
 ) -> None:
     from tqdm import tqdm
 
@@ -190,10 +192,12 @@ def _run(
 
 
 def _results(
-    todo: list[Job], pipeline: Pipeline, config: PipelineConfig, n_workers: int
+    todo: list[Job], pipeline: Pipeline | None, config: PipelineConfig, n_workers: int
 ) -> Iterator[FileResult]:
-    """Results in input order (so near-duplicate decisions do not depend on scheduling)."""
-    if n_workers <= 1:
+    """Results in input order (so near-duplicate decisions do not depend on scheduling).
+
+    ``pipeline`` is the main process's own, used only when there is one worker."""
+    if pipeline is not None:
         for path, source in todo:
             yield pipeline.process_file(path, source)
         return
