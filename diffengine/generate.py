@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from diffengine.checkpoint import CheckpointError, load_checkpoint
 from diffengine.config import Preset, config_from_dict
@@ -37,16 +38,13 @@ def load_run(
     and the preset it was trained with (network shape, formulation, default sampler)."""
     run = Path(run_dir)
     ckpt_dir = run / "checkpoints" if (run / "checkpoints").is_dir() else run
-    ckpt = load_checkpoint(ckpt_dir)
+    ckpt = load_checkpoint(ckpt_dir, tensors=False)  # the record only: read just the weights used below
     preset: Preset = config_from_dict(ckpt.state["preset"])
+    weights = ckpt.path / ("ema.safetensors" if use_ema else "model.safetensors")
+    if use_ema and not weights.is_file():
+        raise CheckpointError(f"{ckpt.path}: no EMA weights saved (use the raw weights: use_ema=False)")
     denoiser = build_denoiser(preset)
-    if use_ema:
-        if ckpt.ema is None:
-            raise CheckpointError(f"{ckpt.path}: no EMA weights saved (use the raw weights: use_ema=False)")
-        weights = ckpt.ema
-    else:
-        weights = ckpt.model
-    denoiser.net.load_state_dict(weights)
+    denoiser.net.load_state_dict(load_file(str(weights)))
     return denoiser.to(device).eval(), preset
 
 
