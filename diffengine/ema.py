@@ -49,8 +49,9 @@ class EMA:
         self.nimg += self.batch_size
         beta = self.beta()
         src = unwrap(model)
-        for p_ema, p in zip(self.module.parameters(), src.parameters(), strict=True):
-            p_ema.lerp_(p.detach().to(p_ema.dtype), 1 - beta)
+        ema_params: list[torch.Tensor] = list(self.module.parameters())
+        params = [p.detach().to(e.dtype) for e, p in zip(ema_params, src.parameters(), strict=True)]
+        torch._foreach_lerp_(ema_params, params, 1 - beta)  # one fused launch, not one per tensor
         for b_ema, b in zip(self.module.buffers(), src.buffers(), strict=True):
             b_ema.copy_(b)
 
