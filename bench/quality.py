@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from diffengine.checkpoint import latest_checkpoint, load_checkpoint
 from diffengine.data import heldout_split, load_images, open_source
 from diffengine.evaluate import default_extractor, format_table, metric_fields, score_images, sweep
 from diffengine.generate import build_denoiser, generate, load_run, save_grid
@@ -102,11 +103,14 @@ def describe_run(run: Path, preset_name: str) -> dict[str, Any]:
     denoiser, preset = load_run(run, device="cpu")
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     rates = sorted(r["images_per_s"] for r in log[1:] if "images_per_s" in r)
+    checkpoint = latest_checkpoint(run / "checkpoints")
+    if checkpoint is None:
+        raise SystemExit(f"{run}: no checkpoint to score")
     return {
         "model": f"ours:{preset.name} ({preset.formulation}) [reused run {run}]",
         "train_images_per_s_median_window": rates[len(rates) // 2] if rates else None,
         "params": sum(p.numel() for p in denoiser.parameters()),
-        "steps": max(int(r["step"]) for r in log),
+        "steps": load_checkpoint(checkpoint, tensors=False).step,  # the log lags the last step
         "batch_size": preset.batch_size,
         "train_images_per_s_overall": rates[len(rates) // 2] if rates else None,
         "final_loss": log[-1].get("loss"),
