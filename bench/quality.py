@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -28,7 +29,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +40,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffengine.checkpoint import latest_checkpoint, load_checkpoint
 from diffengine.data import heldout_split, load_images, open_source
-from diffengine.evaluate import default_extractor, format_table, metric_fields, score_images, sweep
+from diffengine.evaluate import default_extractor, format_table, metric_fields, score_images, steps_for_nfe
 from diffengine.generate import build_denoiser, generate, load_run, save_grid
 from diffengine.metrics.refstats import RefStats, reference_statistics
+from diffengine.samplers import nfe
 from diffengine.train import TrainConfig, effective_preset, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample set (uint8 ``(N, 3, H, W)``) and what made it: model, sampler, steps, NFE, n, speed."""
+
+    meta: dict[str, Any]
+    images: torch.Tensor
 
 
 # --------------------------------------------------------------------------------------------------
@@ -98,10 +109,17 @@ def sigterm_after(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def read_log(run: Path) -> list[dict[str, Any]]:
+    """The run's logged windows (none when it stopped before the first ``log_every`` steps)."""
+    path = run / "log.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 def describe_run(run: Path, preset_name: str) -> dict[str, Any]:
     """Training figures of an existing run (``--ours-run``), read back from its log."""
     denoiser, preset = load_run(run, device="cpu")
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    log = read_log(run)
     rates = sorted(r["images_per_s"] for r in log[1:] if "images_per_s" in r)
     checkpoint = latest_checkpoint(run / "checkpoints")
     if checkpoint is None:
@@ -122,6 +140,7 @@ def train_ours(args: argparse.Namespace, data: Path, run: Path) -> dict[str, Any
         data=str(data), out=str(run), preset=args.preset, max_steps=10**9, holdout=args.holdout,
         sample_every=10**9, ckpt_every=10**9, log_every=5 if args.smoke else 25, seed=args.seed,
         progress=not args.quiet, device=args.device, batch_size=args.batch_size,
+        unet={"checkpointing": False} if args.no_checkpointing else {},
     )  # fmt: skip
     preset = effective_preset(cfg)
     params = sum(p.numel() for p in build_denoiser(preset).parameters())
@@ -129,7 +148,7 @@ def train_ours(args: argparse.Namespace, data: Path, run: Path) -> dict[str, Any
     with sigterm_after(args.minutes * 60):
         result = train(cfg)
     wall = time.perf_counter() - start
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    log = read_log(run)
     rates = sorted(r["images_per_s"] for r in log[1:] if "images_per_s" in r)  # first window: warm-up
     return {
         "model": f"ours:{preset.name} ({preset.formulation})",
@@ -247,9 +266,133 @@ def sample_baseline(unet: Any, n: int, kind: str, steps: int, seed: int, batch_s
 
 
 # --------------------------------------------------------------------------------------------------
+# Sampling and scoring: separable, so a GPU box without the Inception weights can generate and this
+# machine can score (``--samples-out`` there, ``--score`` here).
 
 
-def main() -> None:
+def ours_samples(args: argparse.Namespace, denoiser: Any, schedule: str, sampler: str) -> list[Sample]:
+    """One sample set per NFE for ``sampler`` from the run's EMA model, with the run's σ schedule."""
+    sets: list[Sample] = []
+    for target in (int(v) for v in args.nfe.split(",")):
+        steps = steps_for_nfe(sampler, target)
+        t0 = time.perf_counter()
+        images = generate(
+            denoiser, args.n, sampler=sampler, steps=steps, seed=args.seed, batch_size=args.eval_batch,
+            schedule=schedule,
+        )  # fmt: skip
+        meta = {"model": "ours", "sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps), "n": args.n}
+        sets.append(Sample(meta | {"sampling_images_per_s": rate(args.n, t0)}, images))
+        print(
+            f"   ours {sampler} NFE {meta['nfe']}: {sets[-1].meta['sampling_images_per_s']} img/s", flush=True
+        )
+    return sets
+
+
+def baseline_samples(args: argparse.Namespace, unet: Any, kind: str) -> list[Sample]:
+    """The baseline with DDPM (its own sampler, ``--ddpm-steps``) or DDIM at each ``--ddim-steps``."""
+    if kind == "ddpm":
+        plan = [(args.ddpm_steps, args.ddpm_n or args.n)]
+    else:
+        plan = [(int(v), args.n) for v in args.ddim_steps.split(",")]
+    sets: list[Sample] = []
+    for steps, n in plan:
+        t0 = time.perf_counter()
+        images = sample_baseline(unet, n, kind, steps, args.seed, args.eval_batch)
+        meta = {"model": "baseline", "sampler": f"diffusers-{kind}", "steps": steps, "nfe": steps, "n": n}
+        sets.append(Sample(meta | {"sampling_images_per_s": rate(n, t0)}, images))
+        print(
+            f"   baseline {kind} {steps} steps, n={n}: {sets[-1].meta['sampling_images_per_s']} img/s",
+            flush=True,
+        )
+    return sets
+
+
+def all_samples(args: argparse.Namespace, run: Path, unet: Any, device: str, tag: str) -> list[Sample]:
+    """Every row's samples: ours per sampler, then the baseline's DDPM and DDIM. With ``--samples-out``
+    each group is saved as soon as it exists, so a time limit that cuts the run short keeps what is done."""
+    denoiser, preset = load_run(run, device=device)
+    groups: list[tuple[str, Callable[[], list[Sample]]]] = [
+        (f"ours_{name}", functools.partial(ours_samples, args, denoiser, str(preset.schedule), name))
+        for name in args.samplers.split(",")
+    ]
+    groups += [
+        (f"baseline_{kind}", functools.partial(baseline_samples, args, unet, kind))
+        for kind in ("ddpm", "ddim")
+    ]
+    sets: list[Sample] = []
+    for group, make in groups:
+        made = make()
+        if args.samples_out:
+            save_samples(args.out / f"samples_{tag}_{group}.npz", made)
+        sets += made
+    return sets
+
+
+def rate(n: int, t0: float) -> float:
+    return round(n / max(time.perf_counter() - t0, 1e-9), 3)
+
+
+def save_samples(path: Path, sets: list[Sample]) -> None:
+    """uint8 sample sets + their metadata in one ``.npz`` (written to a temp name, then renamed)."""
+    import numpy as np
+
+    arrays: dict[str, Any] = {f"set{i}": s.images.numpy() for i, s in enumerate(sets)}
+    arrays["meta"] = np.array(json.dumps([s.meta for s in sets]))
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_samples(path: Path) -> list[Sample]:
+    import numpy as np
+
+    with np.load(path) as data:
+        metas = json.loads(str(data["meta"]))
+        return [Sample(m, torch.from_numpy(data[f"set{i}"])) for i, m in enumerate(metas)]
+
+
+def score_sets(
+    sets: list[Sample], ref: RefStats, extractor: Any, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    rows = []
+    for s in sets:
+        results = score_images(s.images, ref, extractor, batch_size=args.eval_batch, seed=args.seed)
+        rows.append(s.meta | metric_fields(results))
+    return rows
+
+
+def print_report(report: dict[str, Any], ref: RefStats) -> None:
+    rows = report["rows"]
+    base_kid = next(r["kid"] for r in rows if r["sampler"] == "diffusers-ddpm")
+    print(f"\n== quality vs {ref.describe()} (KID ×1e3 ± std over subsets; FID biased at small n)")
+    print(f"device: {report['device']}")
+    for model in ("ours", "baseline"):
+        info = report["train"][model]
+        print(f"-- {model}: {info['model']}, {info['params'] / 1e6:.2f}M params, {info['steps']} steps, "
+              f"{info['train_images_per_s_median_window']} train img/s (loop only), "
+              f"{info['train_images_per_s_overall']} incl. data load and final checkpoint")  # fmt: skip
+        print(format_table([r for r in rows if r["model"] == model]))
+    print("\nratio KID(ours) / KID(baseline DDPM) per row (lower is better; < 1: ours wins):")
+    for r in rows:
+        if r["model"] == "ours" and base_kid > 0:
+            print(f"  {r['sampler']:>8} NFE {r['nfe']:>4}: {r['kid'] / base_kid:8.3f}")
+
+
+def grids(sets: list[Sample], out: Path, tag: str) -> None:
+    """A 6x6 grid of the first images of ours at 20 NFE (or its first set) and of the baseline's DDPM."""
+    ours = [s for s in sets if s.meta["model"] == "ours"]
+    pick = next((s for s in ours if s.meta["nfe"] == 20), ours[0] if ours else None)
+    if pick is not None:
+        save_grid(pick.images[:36], out / f"quality_{tag}_ours_{pick.meta['sampler']}{pick.meta['nfe']}.png")
+    for s in sets:
+        if s.meta["sampler"] == "diffusers-ddpm":
+            save_grid(s.images[:36], out / f"quality_{tag}_baseline_ddpm{s.meta['steps']}.png")
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -271,6 +414,9 @@ def main() -> None:
     parser.add_argument("--ours-run", type=Path, default=None, help="reuse a trained run instead of training")
     parser.add_argument("--baseline-run", type=Path, default=None, help="reuse saved baseline weights")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: the preset's)")
+    parser.add_argument(
+        "--no-checkpointing", action="store_true", help="ours without activation checkpointing (big GPUs)"
+    )
     parser.add_argument("--eval-batch", type=int, default=100)
     parser.add_argument("--device", default="auto")
     parser.add_argument(
@@ -279,6 +425,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit-images", type=int, default=None, help="train/eval on a fixed subset")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--samples-out", action="store_true",
+        help="train and sample only: write samples_<res>px_*.npz + train_<res>px.json to --out, no scoring",
+    )  # fmt: skip
+    parser.add_argument(
+        "--score", type=Path, default=None, metavar="DIR",
+        help="score the samples a --samples-out run wrote to DIR against --data's held-out split",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny budget: checks the code path in minutes")
     args = parser.parse_args()
@@ -286,22 +440,13 @@ def main() -> None:
         args.minutes, args.n, args.ref_limit, args.limit_images = 0.5, 16, 48, 600
         args.nfe, args.samplers, args.ddpm_steps, args.ddim_steps = "6", "euler,heun,dpmpp2m,ddim", 50, "6"
         args.holdout, args.quiet = 0.1, True
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    resolution = effective_preset(TrainConfig(data="", out="", preset=args.preset)).unet.resolution
-    tag = f"{resolution}px"
-    tag += "_smoke" if args.smoke else ""
-    args.out.mkdir(parents=True, exist_ok=True)
-    device = (
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
-    work = Path(tempfile.mkdtemp(prefix="diffengine-quality-"))
-    data = subset_folder(args.data.resolve(), args.limit_images, work)
-    report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "device": device,
-                              "torch_threads": torch.get_num_threads()}  # fmt: skip
+    return args
 
+
+def train_both(
+    args: argparse.Namespace, data: Path, tag: str, resolution: int, device: str
+) -> tuple[Path, Any, dict[str, Any]]:
+    """Ours and the baseline, trained (or reloaded with ``--ours-run`` / ``--baseline-run``)."""
     if args.ours_run is not None:
         run = args.ours_run
         ours = describe_run(run, args.preset)
@@ -320,60 +465,52 @@ def main() -> None:
         unet, base = train_baseline(args, data, resolution, width, device)
         unet.save_pretrained(args.out / f"baseline_{tag}")  # so the scoring can be re-run alone
         (args.out / f"baseline_{tag}" / "train_info.json").write_text(json.dumps(base, indent=2))
-    report["train"] = {"ours": ours, "baseline": base}
-    print(json.dumps(report["train"], indent=2))
+    return run, unet, {"ours": ours, "baseline": base}
 
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    resolution = effective_preset(TrainConfig(data="", out="", preset=args.preset)).unet.resolution
+    tag = f"{resolution}px" + ("_smoke" if args.smoke else "")
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = (
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    work = Path(tempfile.mkdtemp(prefix="diffengine-quality-"))
+    data = subset_folder(args.data.resolve(), args.limit_images, work)
+
+    if args.score is not None:  # samples made elsewhere (a GPU box): score them here
+        report = json.loads((args.score / f"train_{tag}.json").read_text())
+        sets = [s for path in sorted(args.score.glob(f"samples_{tag}_*.npz")) for s in load_samples(path)]
+        report["scored_on"] = device
+    else:
+        report = {"args": {k: str(v) for k, v in vars(args).items()}, "device": device,
+                  "torch_threads": torch.get_num_threads()}  # fmt: skip
+        if device == "cuda":
+            report["device"] = f"cuda: {torch.cuda.get_device_name()}, torch {torch.__version__}"
+        run, unet, report["train"] = train_both(args, data, tag, resolution, device)
+        print(json.dumps(report["train"], indent=2), flush=True)
+        if args.samples_out:
+            (args.out / f"train_{tag}.json").write_text(json.dumps(report, indent=2) + "\n")
+        print("== sampling", flush=True)
+        sets = all_samples(args, run, unet, device, tag)
+        if args.samples_out:
+            print(f"wrote samples and train_{tag}.json to {args.out}; score them with --score DIR")
+            return
+    grids(sets, args.out, tag)
     extractor = default_extractor(device)
     ref: RefStats = reference_statistics(
         data, resolution, split="heldout", heldout_fraction=args.holdout, limit=args.ref_limit,
         extractor=extractor, batch_size=args.eval_batch,
     )  # fmt: skip
     report["ref"] = {"describe": ref.describe(), "count": ref.count, "preprocessing": ref.preprocessing}
-
-    print(f"== scoring ours vs {ref.describe()}", flush=True)
-    nfes = [int(v) for v in args.nfe.split(",")]
-    table = sweep(
-        run, ref, n=args.n, samplers=args.samplers.split(","), nfes=nfes, batch_size=args.eval_batch,
-        seed=args.seed, device=device, extractor=extractor, verbose=not args.quiet,
-    )  # fmt: skip
-    rows = [{"model": "ours", **r} for r in table["rows"]]
-    denoiser, _ = load_run(run, device=device)
-    grid = generate(denoiser, 36, sampler="dpmpp2m", steps=20, seed=args.seed, batch_size=36)
-    save_grid(grid, args.out / f"quality_{tag}_ours_dpmpp2m20.png")
-
-    baseline_rows = [("ddpm", args.ddpm_steps, args.ddpm_n or args.n)]
-    baseline_rows += [("ddim", int(v), args.n) for v in args.ddim_steps.split(",")]
-    for kind, steps, n in baseline_rows:
-        print(f"== baseline {kind} {steps} steps, n={n}", flush=True)
-        t0 = time.perf_counter()
-        images = sample_baseline(unet, n, kind, steps, args.seed, args.eval_batch)
-        gen_s = time.perf_counter() - t0
-        results = score_images(images, ref, extractor, batch_size=args.eval_batch, seed=args.seed)
-        row: dict[str, Any] = {
-            "model": "baseline", "sampler": f"diffusers-{kind}", "steps": steps, "nfe": steps, "n": n,
-            "sampling_images_per_s": round(n / gen_s, 3), **metric_fields(results),
-        }  # fmt: skip
-        rows.append(row)
-        if kind == "ddpm":
-            save_grid(images[:36], args.out / f"quality_{tag}_baseline_ddpm{steps}.png")
-
-    report["rows"] = rows
-    base_kid = next(r["kid"] for r in rows if r["sampler"] == "diffusers-ddpm")
-    print(f"\n== quality vs {ref.describe()} (KID ×1e3 ± std over subsets; FID biased at small n)")
-    for model in ("ours", "baseline"):
-        info = report["train"][model]
-        print(f"-- {model}: {info['model']}, {info['params'] / 1e6:.2f}M params, {info['steps']} steps, "
-              f"{info['train_images_per_s_median_window']} train img/s (loop only), "
-              f"{info['train_images_per_s_overall']} incl. data load and final checkpoint")  # fmt: skip
-        print(format_table([r for r in rows if r["model"] == model]))
-    print("\nratio KID(ours) / KID(baseline DDPM) per row (lower is better; < 1: ours wins):")
-    for r in rows:
-        if r["model"] == "ours":
-            print(
-                f"  {r['sampler']:>8} NFE {r['nfe']:>4}: {r['kid'] / base_kid:8.3f}"
-                if base_kid > 0
-                else "  n/a"
-            )
+    print(f"== scoring {len(sets)} sample sets vs {ref.describe()}", flush=True)
+    report["rows"] = score_sets(sets, ref, extractor, args)
+    print_report(report, ref)
     out_json = args.out / f"quality_{tag}.json"
     out_json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {out_json} and sample grids in {args.out}")
