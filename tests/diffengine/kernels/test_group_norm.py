@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from diffengine.kernels import group_norm as gn_module
-from diffengine.kernels import group_norm_silu
+from diffengine.kernels import group_norm_silu, set_backend
 from diffengine.kernels.group_norm import group_norm_silu_reference
 
 SETTINGS = settings(
@@ -111,3 +111,31 @@ def test_bad_bias_or_shift_shape_raises(triton_cpu) -> None:  # type: ignore[no-
         group_norm_silu(x, w, bias[:4], 3)
     with pytest.raises(ValueError, match="shift"):
         group_norm_silu(x, w, bias, 3, scale, shift[:1])
+
+
+@pytest.mark.parametrize(
+    ("backend", "requires_grad", "grad_mode", "expected"),
+    [
+        (None, False, True, "triton"),  # auto, sampling: the kernel's 2.2x forward
+        (None, True, False, "triton"),  # auto under no_grad: no backward to pay for
+        (None, True, True, "torch"),  # auto, training: fwd+bwd measured 0.93x eager, keep PyTorch
+        ("triton", True, True, "triton"),  # forced: everywhere
+        ("torch", False, True, "torch"),
+    ],
+)
+def test_auto_uses_the_kernel_only_where_no_gradient_is_needed(  # type: ignore[no-untyped-def]
+    monkeypatch, backend, requires_grad, grad_mode, expected
+) -> None:
+    """Dispatch as if on a capable GPU (``use_triton`` says yes unless forced off): which path runs."""
+    calls: list[str] = []
+    monkeypatch.setattr(gn_module, "use_triton", lambda *t, **k: gn_module.get_backend() != "torch")
+    monkeypatch.setattr(gn_module, "group_norm_silu_triton", lambda *a, **k: calls.append("triton"))
+    monkeypatch.setattr(gn_module, "group_norm_silu_reference", lambda *a, **k: calls.append("torch"))
+    x = torch.randn(2, 4, 3, 3, requires_grad=requires_grad)
+    set_backend(backend)
+    try:
+        with torch.set_grad_enabled(grad_mode):
+            group_norm_silu(x, torch.ones(4), torch.zeros(4), 2)
+    finally:
+        set_backend(None)
+    assert calls == [expected]
