@@ -142,6 +142,7 @@ def kernel_tables(bandwidth: float, peak: float) -> None:
     base = gpu_median(lambda: precond_loss_reference(f, f, f, c, c, c))
     from diffengine.kernels import precond_loss
 
+    row("eager", base, base, 3 * f.numel() * 4 / bandwidth)
     row("triton", gpu_median(lambda: precond_loss(f, f, f, c, c, c)), base, 3 * f.numel() * 4 / bandwidth)
     set_backend(None)
 
@@ -258,12 +259,15 @@ def main(argv: list[str] | None = None) -> int:
         f"card: {props.name} (sm_{props.major}{props.minor}), floor: {bandwidth / 1e9:.0f} GB/s, "
         f"{peak / 1e12:.0f} TFLOP/s bf16"
     )
-    if args.only in ("all", "kernels"):
-        kernel_tables(bandwidth, peak)
-    if args.only in ("all", "train"):
-        training_step_table(peak, args.batch_size, args.train_steps, args.train_warmup)
-    if args.only in ("all", "sample"):
-        sampling_table()
+    try:
+        if args.only in ("all", "kernels"):
+            kernel_tables(bandwidth, peak)
+        if args.only in ("all", "train"):
+            training_step_table(peak, args.batch_size, args.train_steps, args.train_warmup)
+        if args.only in ("all", "sample"):
+            sampling_table()
+    finally:
+        set_backend(None)  # a table that fails partway must not leave a forced backend behind
     return 0
 
 

@@ -138,6 +138,24 @@ PRESETS: dict[str, Preset] = {
         warmup_steps=50,
         ema_half_life_kimg=50.0,
     ),
+    # faces32's recipe one level deeper for 64 px on a CPU or a small card: 4.8M parameters, no dropout
+    # or checkpointing, ~4x faces32's FLOPs per image (the extra 64-px level is only 32 channels wide).
+    "faces64-small": Preset(
+        name="faces64-small",
+        unet=UNetConfig(
+            resolution=64,
+            model_channels=32,
+            channel_mult=(1, 2, 2, 4),
+            num_res_blocks=2,
+            attn_resolutions=(8,),
+            head_dim=32,
+            num_groups=16,
+        ),
+        batch_size=32,
+        lr=1e-3,
+        warmup_steps=50,
+        ema_half_life_kimg=50.0,
+    ),
     # GTX-1060 class (6 GB, fp32), 40M parameters. Estimated from the tensors autograd saves: 270 MiB per
     # image without checkpointing, 49 MiB with, so batch 32 needs checkpointing to fit (~1.5 GiB of
     # activations + 0.75 GiB weights/grads/Adam/EMA).
