@@ -114,6 +114,16 @@ def heldout_split(names: Sequence[str], fraction: float = 0.1) -> tuple[list[str
     return train, held
 
 
+def split_names(names: Sequence[str], split: str, fraction: float) -> list[str]:
+    """The names of ``split`` (``all``, ``train`` or ``heldout``) of the fixed hash split."""
+    if split == "all":
+        return list(names)
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be all, train or heldout, not {split!r}")
+    train, held = heldout_split(names, fraction)
+    return train if split == "train" else held
+
+
 def decode_image(data: bytes, resolution: int, where: str) -> torch.Tensor:
     """Decode, centre-crop to a square and resize (antialiased). Returns (3, R, R) uint8."""
     try:
@@ -176,10 +186,7 @@ def load_dataset(
 ) -> tuple[torch.Tensor, list[str]]:
     """Images of ``path`` at ``resolution`` as uint8 plus their names. split: all | train | heldout."""
     source = open_source(path)
-    names = list(source.names)
-    if split != "all":
-        train, held = heldout_split(names, heldout_fraction)
-        names = {"train": train, "heldout": held}[split]
+    names = split_names(source.names, split, heldout_fraction)
     images = load_images(source, resolution, names)
     if len(names) < FEW_IMAGES:
         warnings.warn(

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from diffengine.data import heldout_split, load_images, open_source
+from diffengine.data import load_images, open_source, split_names
 from diffengine.metrics.fid import GaussianStats, gaussian_stats
 from diffengine.metrics.inception import InceptionFeatures, default_inception
 
@@ -108,12 +108,7 @@ def select_names(
 ) -> list[str]:
     """Names of the split (fixed hash split from ``diffengine.data``); ``limit`` keeps an unbiased subset
     (the first names in the order of their sha256, not alphabetical: UTKFace names start with the age)."""
-    chosen = sorted(names)
-    if split != "all":
-        train, held = heldout_split(chosen, heldout_fraction)
-        if split not in ("train", "heldout"):
-            raise ValueError(f"split must be all, train or heldout, not {split!r}")
-        chosen = train if split == "train" else held
+    chosen = split_names(sorted(names), split, heldout_fraction)
     if limit is None or limit >= len(chosen):
         return chosen
     by_hash = sorted(chosen, key=lambda n: hashlib.sha256(("limit:" + n).encode()).hexdigest())

@@ -20,6 +20,7 @@ from diffengine.data import (
     load_dataset,
     load_images,
     open_source,
+    split_names,
     to_model_range,
 )
 
@@ -130,6 +131,16 @@ def test_heldout_split_is_fixed_and_disjoint() -> None:
     # Depends on the base name only, not the order or folder.
     _, held2 = heldout_split([n.replace("dir/", "other/") for n in reversed(names)], 0.1)
     assert sorted(h.split("/")[1] for h in held2) == sorted(h.split("/")[1] for h in held)
+
+
+def test_split_names_picks_one_side_of_the_split() -> None:
+    names = [f"{i}_1_0_2017.jpg" for i in range(500)]
+    train, held = heldout_split(names, 0.2)
+    assert split_names(names, "train", 0.2) == train
+    assert split_names(names, "heldout", 0.2) == held
+    assert split_names(names, "all", 0.2) == names
+    with pytest.raises(ValueError, match="split must be"):
+        split_names(names, "test", 0.2)
 
 
 def test_batch_stream_shards_flips_and_resumes() -> None:
