@@ -131,7 +131,7 @@ def describe_run(run: Path, preset_name: str) -> dict[str, Any]:
         "steps": load_checkpoint(checkpoint, tensors=False).step,  # the log lags the last step
         "batch_size": preset.batch_size,
         "train_images_per_s_overall": rates[len(rates) // 2] if rates else None,
-        "final_loss": log[-1].get("loss"),
+        "final_loss": log[-1].get("loss") if log else None,
     }
 
 
