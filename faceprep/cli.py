@@ -31,14 +31,17 @@ class OptionalNumber(click.ParamType):
 
     name = "number|off"
 
-    def __init__(self, kind: type[float] | type[int]) -> None:
+    def __init__(self, kind: type[float] | type[int], words: tuple[str, ...] = ()) -> None:
         self.kind = kind
+        self.words = words  # other accepted words, passed through as they are
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if value is None or isinstance(value, (int, float)):
             return value
         if str(value).lower() in ("off", "none"):
             return None
+        if str(value).lower() in self.words:
+            return str(value).lower()
         try:
             return self.kind(value)
         except ValueError:
@@ -83,7 +86,13 @@ def main() -> None:
 )
 @click.option("--format", "image_format", type=click.Choice(["png", "jpg"]), default="png", show_default=True)
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True)
-@_threshold_option("--min-score", float, _DEFAULTS.min_score, "Minimum detection score.")
+@click.option(
+    "--min-score",
+    type=OptionalNumber(float, words=("detector",)),
+    default="detector",
+    show_default=True,
+    help="Minimum detection score; 'detector': the detector's own default (SCRFD 0.6, YuNet 0.8).",
+)
 @_threshold_option("--min-eye-dist", float, _DEFAULTS.min_eye_dist, "Minimum eye distance in source px.")
 @_threshold_option("--max-filled", float, _DEFAULTS.max_filled, "Maximum filled fraction of the crop.")
 @_threshold_option("--min-blur", float, _DEFAULTS.min_blur, "Minimum sharpness (Laplacian variance).")

@@ -10,9 +10,11 @@ Filter names (the keys of ``metadata.jsonl``'s ``filters`` dict): ``score``, ``e
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final, Literal
 
 import cv2
 import imagehash
@@ -22,6 +24,8 @@ from PIL import Image
 from faceprep.types import Detection, FilterResult, FloatArray, ImageArray
 
 BLUR_REFERENCE_SIZE = 128  # the face centre is resampled to this many pixels before measuring blur
+DETECTOR_DEFAULT: Final = "detector"  # min_score: use the detector's ``default_min_score``
+DEFAULT_MIN_SCORE = 0.6  # for detectors that declare no default_min_score
 NO_DUPLICATE = 64.0  # "distance to the nearest kept face" when nothing was kept yet (phash has 64 bits)
 
 
@@ -30,7 +34,9 @@ class FilterThresholds:
     """Thresholds for the quality filters; ``None`` disables a check (its value is still recorded).
 
     Defaults aim at a clean FFHQ-like training set without throwing away ordinary photos:
-    min_score: detector confidence (SCRFD scores real faces > 0.7, false positives mostly < 0.6).
+    min_score: detector confidence; ``"detector"`` (the default) takes the detector's own
+    ``default_min_score`` (:data:`DEFAULT_MIN_SCORE` if it has none): SCRFD 0.6 (its real faces in the
+    shared photos score >= 0.72, the dogs <= 0.54), YuNet 0.8 (real faces >= 0.86, dogs 0.77 and 0.65).
     min_eye_dist: eye distance in *source* pixels; 20 px is ~3× upsampling for a 256 px crop.
     max_filled: fraction of the crop that lay outside the photo and was synthesised by the fill; above
     ~0.3 the mirror-blur fill shows a ghost of the face itself.
@@ -41,7 +47,7 @@ class FilterThresholds:
     face is a near-duplicate.
     """
 
-    min_score: float | None = 0.6
+    min_score: float | Literal["detector"] | None = "detector"
     min_eye_dist: float | None = 20.0
     max_filled: float | None = 0.3
     min_blur: float | None = 15.0
@@ -50,16 +56,27 @@ class FilterThresholds:
     dedup_distance: int | None = 6
 
     def __post_init__(self) -> None:
+        if isinstance(self.min_score, str) and self.min_score != DETECTOR_DEFAULT:
+            raise ValueError(f"threshold min_score must be a number, None or {DETECTOR_DEFAULT!r}")
         for name in ("min_score", "min_eye_dist", "max_filled", "min_blur", "max_yaw", "max_roll"):
             value = getattr(self, name)
+            if value == DETECTOR_DEFAULT:
+                continue
             if value is not None and (not math.isfinite(value) or value < 0):
                 raise ValueError(f"threshold {name} must be a finite number >= 0, got {value!r}")
-        if self.min_score is not None and self.min_score > 1:
+        if isinstance(self.min_score, float | int) and self.min_score > 1:
             raise ValueError(f"threshold min_score must be in [0, 1], got {self.min_score}")
         if self.max_filled is not None and self.max_filled > 1:
             raise ValueError(f"threshold max_filled must be in [0, 1], got {self.max_filled}")
         if self.dedup_distance is not None and not 0 <= self.dedup_distance <= 64:
             raise ValueError(f"dedup_distance must be in [0, 64], got {self.dedup_distance}")
+
+    def for_detector(self, detector: object) -> FilterThresholds:
+        """These thresholds with ``min_score="detector"`` replaced by ``detector``'s own default."""
+        if self.min_score != DETECTOR_DEFAULT:
+            return self
+        default = float(getattr(detector, "default_min_score", DEFAULT_MIN_SCORE))
+        return dataclasses.replace(self, min_score=default)
 
 
 def _at_least(name: str, value: float, threshold: float | None) -> FilterResult:
@@ -130,6 +147,8 @@ def phash(crop: ImageArray) -> imagehash.ImageHash:
 
 
 def score_filter(detection: Detection, t: FilterThresholds) -> FilterResult:
+    if t.min_score == DETECTOR_DEFAULT:
+        raise ValueError("min_score='detector' must be resolved first: FilterThresholds.for_detector")
     return _at_least("score", detection.score, t.min_score)
 
 

@@ -15,7 +15,9 @@ Stage protocols
 ---------------
 Detector
     ``detect(image) -> list[Detection]`` where ``image`` is an (H, W, 3) uint8 RGB array and the
-    detections carry boxes, scores and the 5 landmarks in that image's pixel coordinates.
+    detections carry boxes, scores and the 5 landmarks in that image's pixel coordinates. Optional
+    class attributes: ``default_min_score`` (the score filter's threshold unless the user sets one;
+    0.6 if absent) and ``keypoints_follow_rotation`` (see ``faceprep.rotation``; True if absent).
 Aligner
     ``align(detection, image_shape) -> Quad`` returns the oriented crop square in source coordinates.
 Fill

@@ -92,6 +92,7 @@ class Pipeline:
         self.config = config
         detector = plugins.create("detector", config.detector, **dict(config.detector_options))
         self.detector = with_rotation_correction(detector, enabled=config.rotation_fix)
+        self.thresholds = config.thresholds.for_detector(detector)  # min_score: the detector's default
         self.aligner = plugins.create("aligner", config.aligner, **dict(config.aligner_options))
         self.fill = plugins.create("fill", config.fill, **dict(config.fill_options))
         self.duplicates = DuplicateIndex(config.thresholds.dedup_distance) if config.dedup else None
@@ -149,7 +150,7 @@ class Pipeline:
                 pixels, filled = extract_face(image, quad, self.config.size, self.fill)
             except ValueError:  # degenerate landmarks, or a quad shifted entirely off the photo
                 continue
-            results = filters.face_filters(det, pixels, filled, self.config.thresholds)
+            results = filters.face_filters(det, pixels, filled, self.thresholds)
             crop = FaceCrop(pixels, det, quad, index, float(filled), results, source)
             if self.duplicates is not None:
                 crop, _ = check_duplicate(crop, self.duplicates)

@@ -184,6 +184,7 @@ class ScrfdDetector:
 
     name = "scrfd"
     keypoints_follow_rotation = True  # roughly: its eye line turns with the face (see faceprep.rotation)
+    default_min_score = 0.6  # real faces in the shared photos score >= 0.72; the dogs of dogs.jpg <= 0.54
 
     def __init__(
         self,

@@ -126,11 +126,29 @@ def test_yaw_threshold_uses_absolute_value() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"min_score": 1.5}, {"max_filled": -0.1}, {"min_blur": float("nan")}, {"dedup_distance": 65}],
+    [
+        {"min_score": 1.5},
+        {"min_score": "auto"},
+        {"max_filled": -0.1},
+        {"min_blur": float("nan")},
+        {"dedup_distance": 65},
+    ],
 )
 def test_thresholds_validated(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be"):
         FilterThresholds(**kwargs)  # type: ignore[arg-type]
+
+
+def test_min_score_defaults_to_the_detectors_own() -> None:
+    class Picky:
+        default_min_score = 0.8
+
+    assert FilterThresholds().for_detector(Picky()).min_score == 0.8
+    assert FilterThresholds().for_detector(object()).min_score == filters.DEFAULT_MIN_SCORE
+    assert FilterThresholds(min_score=0.3).for_detector(Picky()).min_score == 0.3  # the user's wins
+    assert FilterThresholds(min_score=None).for_detector(Picky()).min_score is None  # off stays off
+    with pytest.raises(ValueError, match="resolved first"):
+        filters.score_filter(_det(score=0.9), FilterThresholds())
 
 
 def test_duplicate_index_hamming_distance() -> None:

@@ -86,3 +86,17 @@ def test_rotation_correction(detector: YuNetDetector, photos: Path) -> None:
     assert max(errors) < 0.04, errors
     raw = rotation_errors(detector, portrait, [45, -90])  # YuNet alone: its keypoints lag the rotation,
     assert raw[0] > 0.1 and raw[1] == float("inf")  # and at -90° it finds no face (the turn retry does)
+
+
+def test_default_min_score_drops_the_dogs_keeps_the_people(photos: Path) -> None:
+    """Through the pipeline with no --min-score: YuNet's own 0.8 applies. It scores the two dog faces
+    of dogs.jpg 0.77 and 0.65 (kept at the shared 0.6) and every real face in the shared photos >= 0.86."""
+    from faceprep.pipeline import Pipeline
+
+    pipe = Pipeline.from_names("yunet", rotation_fix=False, dedup=False)
+    assert pipe.thresholds.min_score == 0.8
+    dogs = pipe(load_image(photos / "dlib_faces/dogs.jpg"))
+    assert dogs and not any(c.kept for c in dogs)
+    assert all("score" in c.rejected_by for c in dogs)
+    solvay = pipe(load_image(photos / "scrfd_repo/solvay_conference_1927.png"))
+    assert len(solvay) == 29 and not any("score" in c.rejected_by for c in solvay)
