@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,11 +190,18 @@ def train(
 
 def _kid_hook(cfg: Any, resolution: int, n: int) -> Any:
     """KID on ``n`` EMA samples against the held-out split (or all of DATA when --holdout is 0)."""
-    from diffengine.evaluate import make_kid_eval
+    from diffengine.distributed import pick_device
+    from diffengine.evaluate import default_extractor, make_kid_eval
     from diffengine.metrics.refstats import reference_statistics
 
     split = "heldout" if cfg.holdout > 0 else "all"
-    ref = reference_statistics(cfg.data, resolution, split=split, heldout_fraction=cfg.holdout or 0.1)
+    # The device the main process trains (and so evaluates) on: one Inception load serves both the
+    # reference statistics and every KID evaluation (it is cached per device).
+    device = pick_device(int(os.environ.get("LOCAL_RANK", "0")), cfg.device)
+    ref = reference_statistics(
+        cfg.data, resolution, split=split, heldout_fraction=cfg.holdout or 0.1,
+        extractor=default_extractor(str(device)),
+    )  # fmt: skip
     return make_kid_eval(ref, n=n)
 
 

@@ -93,3 +93,32 @@ def test_bad_input_gives_clear_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "not a run folder" in result.output
     result = runner.invoke(main, ["doctor", str(missing)])
     assert result.exit_code == 1 and "no such file" in result.output
+
+
+def test_kid_hook_embeds_the_reference_with_the_training_device_extractor(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """One Inception per process: the reference statistics use the extractor the KID evaluations will
+    use (cached per device), not a second one loaded on the CPU."""
+    import types
+
+    from diffengine import cli as cli_module
+    from diffengine import evaluate
+    from diffengine.metrics import refstats
+
+    loaded: list[str] = []
+    seen: dict[str, object] = {}
+
+    def fake_extractor(device: str = "cpu") -> str:
+        loaded.append(device)
+        return f"inception@{device}"
+
+    def fake_refstats(data, resolution, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update(kwargs, data=data, resolution=resolution)
+        return "ref"
+
+    monkeypatch.setattr(evaluate, "default_extractor", fake_extractor)
+    monkeypatch.setattr(refstats, "reference_statistics", fake_refstats)
+    cfg = types.SimpleNamespace(data="faces/", holdout=0.05, device="cpu")
+    eval_fn = cli_module._kid_hook(cfg, 32, 16)
+    assert callable(eval_fn)
+    assert seen["extractor"] == "inception@cpu" and loaded == ["cpu"]
+    assert seen["split"] == "heldout" and seen["heldout_fraction"] == 0.05 and seen["resolution"] == 32
