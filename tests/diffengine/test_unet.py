@@ -144,7 +144,7 @@ def test_presets_round_trip_through_json(name: str) -> None:
     data = json.loads(json.dumps(config_to_dict(preset)))
     assert config_from_dict(data) == preset
     assert config_from_dict(data["unet"], UNetConfig) == preset.unet
-    assert preset.name == name and preset.unet.resolution == int(name.removeprefix("faces"))
+    assert preset.name == name and preset.unet.resolution == int(name.removeprefix("faces").split("-")[0])
 
 
 def test_unknown_names_and_fields_are_reported() -> None:
