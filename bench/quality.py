@@ -40,8 +40,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffengine.checkpoint import latest_checkpoint, load_checkpoint
 from diffengine.data import heldout_split, load_images, open_source
-from diffengine.evaluate import default_extractor, format_table, metric_fields, score_images, steps_for_nfe
-from diffengine.generate import build_denoiser, generate, load_run, save_grid
+from diffengine.distributed import pick_device
+from diffengine.evaluate import (
+    default_extractor,
+    format_table,
+    generate_timed,
+    metric_fields,
+    score_images,
+    steps_for_nfe,
+)  # fmt: skip
+from diffengine.generate import build_denoiser, load_run, save_grid
 from diffengine.metrics.refstats import RefStats, reference_statistics
 from diffengine.samplers import nfe
 from diffengine.train import TrainConfig, effective_preset, train
@@ -116,21 +124,27 @@ def read_log(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def median_rate(log: list[dict[str, Any]]) -> float | None:
+    """Median images/s over the logged windows after the first (warm-up)."""
+    rates = sorted(r["images_per_s"] for r in log[1:] if "images_per_s" in r)
+    return rates[len(rates) // 2] if rates else None
+
+
 def describe_run(run: Path, preset_name: str) -> dict[str, Any]:
     """Training figures of an existing run (``--ours-run``), read back from its log."""
     denoiser, preset = load_run(run, device="cpu")
     log = read_log(run)
-    rates = sorted(r["images_per_s"] for r in log[1:] if "images_per_s" in r)
+    rate = median_rate(log)
     checkpoint = latest_checkpoint(run / "checkpoints")
     if checkpoint is None:
         raise SystemExit(f"{run}: no checkpoint to score")
     return {
         "model": f"ours:{preset.name} ({preset.formulation}) [reused run {run}]",
-        "train_images_per_s_median_window": rates[len(rates) // 2] if rates else None,
+        "train_images_per_s_median_window": rate,
         "params": sum(p.numel() for p in denoiser.parameters()),
         "steps": load_checkpoint(checkpoint, tensors=False).step,  # the log lags the last step
         "batch_size": preset.batch_size,
-        "train_images_per_s_overall": rates[len(rates) // 2] if rates else None,
+        "train_images_per_s_overall": rate,  # no wall time recorded for a reused run
         "final_loss": log[-1].get("loss") if log else None,
     }
 
@@ -149,10 +163,9 @@ def train_ours(args: argparse.Namespace, data: Path, run: Path) -> dict[str, Any
         result = train(cfg)
     wall = time.perf_counter() - start
     log = read_log(run)
-    rates = sorted(r["images_per_s"] for r in log[1:] if "images_per_s" in r)  # first window: warm-up
     return {
         "model": f"ours:{preset.name} ({preset.formulation})",
-        "train_images_per_s_median_window": rates[len(rates) // 2] if rates else None,
+        "train_images_per_s_median_window": median_rate(log),
         "params": params,
         "steps": result.step,
         "batch_size": preset.batch_size,
@@ -275,13 +288,11 @@ def ours_samples(args: argparse.Namespace, denoiser: Any, schedule: str, sampler
     sets: list[Sample] = []
     for target in (int(v) for v in args.nfe.split(",")):
         steps = steps_for_nfe(sampler, target)
-        t0 = time.perf_counter()
-        images = generate(
-            denoiser, args.n, sampler=sampler, steps=steps, seed=args.seed, batch_size=args.eval_batch,
-            schedule=schedule,
-        )  # fmt: skip
+        images, seconds = generate_timed(
+            denoiser, args.n, sampler, steps, args.seed, args.eval_batch, schedule
+        )
         meta = {"model": "ours", "sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps), "n": args.n}
-        sets.append(Sample(meta | {"sampling_images_per_s": rate(args.n, t0)}, images))
+        sets.append(Sample(meta | {"sampling_images_per_s": round(args.n / seconds, 3)}, images))
         print(
             f"   ours {sampler} NFE {meta['nfe']}: {sets[-1].meta['sampling_images_per_s']} img/s", flush=True
         )
@@ -299,7 +310,9 @@ def baseline_samples(args: argparse.Namespace, unet: Any, kind: str) -> list[Sam
         t0 = time.perf_counter()
         images = sample_baseline(unet, n, kind, steps, args.seed, args.eval_batch)
         meta = {"model": "baseline", "sampler": f"diffusers-{kind}", "steps": steps, "nfe": steps, "n": n}
-        sets.append(Sample(meta | {"sampling_images_per_s": rate(n, t0)}, images))
+        sets.append(
+            Sample(meta | {"sampling_images_per_s": round(n / (time.perf_counter() - t0), 3)}, images)
+        )
         print(
             f"   baseline {kind} {steps} steps, n={n}: {sets[-1].meta['sampling_images_per_s']} img/s",
             flush=True,
@@ -326,10 +339,6 @@ def all_samples(args: argparse.Namespace, run: Path, unet: Any, device: str, tag
             save_samples(args.out / f"samples_{tag}_{group}.npz", made)
         sets += made
     return sets
-
-
-def rate(n: int, t0: float) -> float:
-    return round(n / max(time.perf_counter() - t0, 1e-9), 3)
 
 
 def save_samples(path: Path, sets: list[Sample]) -> None:
@@ -475,11 +484,7 @@ def main() -> None:
     resolution = effective_preset(TrainConfig(data="", out="", preset=args.preset)).unet.resolution
     tag = f"{resolution}px" + ("_smoke" if args.smoke else "")
     args.out.mkdir(parents=True, exist_ok=True)
-    device = (
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
+    device = str(pick_device(0, args.device))
     work = Path(tempfile.mkdtemp(prefix="diffengine-quality-"))
     data = subset_folder(args.data.resolve(), args.limit_images, work)
 
@@ -490,7 +495,7 @@ def main() -> None:
     else:
         report = {"args": {k: str(v) for k, v in vars(args).items()}, "device": device,
                   "torch_threads": torch.get_num_threads()}  # fmt: skip
-        if device == "cuda":
+        if device.startswith("cuda"):
             report["device"] = f"cuda: {torch.cuda.get_device_name()}, torch {torch.__version__}"
         run, unet, report["train"] = train_both(args, data, tag, resolution, device)
         print(json.dumps(report["train"], indent=2), flush=True)

@@ -29,6 +29,7 @@ from diffengine.metrics.refstats import RefStats, reference_statistics
 __all__ = [
     "FID_PAPER_N",
     "evaluate_run",
+    "generate_timed",
     "kid_during_training",
     "make_kid_eval",
     "score_images",
@@ -98,7 +99,7 @@ def _load(run_dir: str | Path, device: str) -> tuple[Any, str]:
     return denoiser, str(preset.schedule)
 
 
-def _generate(
+def generate_timed(
     denoiser: Any, n: int, sampler: str, steps: int, seed: int, batch_size: int, schedule: str = "karras"
 ) -> tuple[torch.Tensor, float]:
     from diffengine.generate import generate
@@ -163,7 +164,7 @@ def evaluate_run(
     start = time.perf_counter()
     extractor = extractor or default_extractor(device)
     denoiser, schedule = _load(run_dir, device)
-    images, gen_s = _generate(denoiser, n, sampler, steps, seed, batch_size, schedule)
+    images, gen_s = generate_timed(denoiser, n, sampler, steps, seed, batch_size, schedule)
     stats = (
         ref
         if isinstance(ref, RefStats)
@@ -244,7 +245,7 @@ def sweep(
         for target in nfes:
             steps = steps_for_nfe(name, target)
             start = time.perf_counter()
-            images, gen_s = _generate(denoiser, n, name, steps, seed, batch_size, schedule)
+            images, gen_s = generate_timed(denoiser, n, name, steps, seed, batch_size, schedule)
             if stats is None:
                 assert not isinstance(ref, RefStats)
                 stats = _refstats(
@@ -332,7 +333,7 @@ def kid_during_training(
     if extractor is None:
         params = next(iter(denoiser.parameters()), None) if isinstance(denoiser, torch.nn.Module) else None
         extractor = default_extractor(str(params.device) if params is not None else "cpu")
-    images, _ = _generate(denoiser, n, sampler, steps, seed, batch_size, schedule)
+    images, _ = generate_timed(denoiser, n, sampler, steps, seed, batch_size, schedule)
     (result,) = score_images(
         images, ref, extractor, batch_size=batch_size, with_fid=False, seed=seed, kid_subsets=50
     )

@@ -19,7 +19,7 @@ import click
 
 from faceprep import plugins
 from faceprep.dataset import DatasetWriter, RunStats
-from faceprep.filters import FilterThresholds
+from faceprep.filters import DETECTOR_DEFAULT, FilterThresholds
 from faceprep.geometry import MAX_SIZE, MIN_SIZE
 from faceprep.pipeline import FileResult, Pipeline, PipelineConfig, resolve_detector
 
@@ -88,8 +88,8 @@ def main() -> None:
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True)
 @click.option(
     "--min-score",
-    type=OptionalNumber(float, words=("detector",)),
-    default="detector",
+    type=OptionalNumber(float, words=(DETECTOR_DEFAULT,)),
+    default=_DEFAULTS.min_score,
     show_default=True,
     help="Minimum detection score; 'detector': the detector's own default (SCRFD 0.6, YuNet 0.8).",
 )
