@@ -1,11 +1,23 @@
 """The faceprep plugin API.
 
 A plugin is a module (or object) with functions named like the hooks below, decorated with
-``faceprep.hookimpl``. Built-in stages are plugins too (see ``faceprep.plugins.DEFAULT_PLUGINS``);
+``faceprep.hookimpl`` (undecorated functions are not hooks: a plugin without any decorated hook is
+skipped with a warning). Built-in stages are plugins too (see ``faceprep.plugins.DEFAULT_PLUGINS``);
 third-party packages register through the ``faceprep`` entry-point group::
 
+    # faceprep_mine/plugin.py
+    from faceprep import StageSpec, hookimpl
+
+    @hookimpl
+    def faceprep_detectors():
+        return [StageSpec("mine", MyDetector, "what it is", available=..., priority=5)]
+
+    # pyproject.toml
     [project.entry-points.faceprep]
-    yunet = "faceprep_yunet.plugin"
+    mine = "faceprep_mine.plugin"
+
+A plugin that fails to import, or whose hook raises, is skipped with one ``PluginLoadWarning`` line
+naming it (``faceprep.plugins.load_failures()``); the other plugins keep working.
 
 Each hook is a *registrar*: it returns a list of named stage specs and is called once when the plugin
 manager is built. Names must be unique per kind; a later plugin cannot silently replace an earlier
@@ -66,6 +78,12 @@ class StageSpec:
 
     factory: called with keyword options (e.g. ``model=``, ``score_threshold=`` for detectors;
     ``rotate=``, ``scale=``, ``shift=`` for aligners; none for fills) and returns the stage object.
+    Its declared parameters are its options: ``Pipeline.from_names`` routes each option to the one
+    stage whose factory names it (``faceprep.plugins.accepts_option``). Optional for detectors:
+    ``num_threads: int = 0`` (threads of its runtime, 0: the runtime's default); ``faceprep crop``
+    passes ``num_threads=1`` to each worker process's detector only if the factory declares it (or
+    takes ``**kwargs``). The factory may raise ``ValueError`` (bad option, unusable weights file) or
+    ``RuntimeError`` with a one-line message; the CLI shows it as a usage error.
     available: optional zero-argument callable returning ``None`` when the stage can run here, or a
     one-line reason why it cannot (missing weights, missing optional package). ``auto`` choices use it.
     priority: among available stages of a kind, ``auto`` picks the highest.

@@ -5,15 +5,26 @@ Mode conversions (one rule per mode, so a dataset never mixes conventions):
 - ``RGBA``, ``LA``, ``PA`` and ``P``/``L``/``RGB`` with a transparency key are composited on **white**
   (transparent pixels of cut-outs and logos usually hold arbitrary colours; white is what a viewer
   shows and what a detector handles best).
-- ``I;16*`` (16-bit grey) is scaled by 255/65535, i.e. full range to full range, never clipped; ``I``
-  (32-bit int) is treated as 16-bit when its values fit in [0, 65535], otherwise stretched from its
-  min to its max; ``F`` likewise ([0, 1] → ×255, otherwise min-max).
+- ``I;16*`` (16-bit grey) is scaled from the bit depth its data uses to 8 bits, never clipped: the
+  full scale is the smallest of 2^8−1, 2^10−1, 2^12−1, 2^14−1, 2^16−1 that holds the image's maximum
+  (12-bit sensor data stored in 16 bits, 0…4095, is scaled by 255/4095 instead of coming out
+  nearly black; a true 16-bit image keeps 255/65535). The steps are whole bit depths, so an image is
+  never stretched to its own maximum. ``I`` (32-bit int) follows the same rule when its values fit
+  in [0, 65535], otherwise it is stretched from its min to its max; ``F`` likewise ([0, 1] → ×255,
+  otherwise min-max).
 - ``CMYK`` goes through its embedded ICC profile when it has one (ImageCms), else PIL's conversion.
 - ``1``, ``L``, ``P``, ``YCbCr``, ``LAB``, ``HSV``: PIL's conversion to RGB. Multi-frame files give
   their first frame.
 
 Every failure (missing, directory, permission, zero bytes, not an image, truncated, corrupt,
-decompression bomb) raises ``ImageLoadError(path, reason)`` with a one-line reason.
+decompression bomb, a photo format this Pillow cannot decode) raises ``ImageLoadError(path, reason)``
+with a one-line reason.
+
+File types follow one rule whether a file is given alone or found in a folder: the photo formats in
+``PHOTO_FORMATS`` that this Pillow build can decode (``IMAGE_EXTENSIONS``; AVIF needs Pillow >= 11.3
+built with libavif) are read; the others (``UNSUPPORTED_EXTENSIONS``, e.g. HEIC without a plugin)
+are still collected from folders so that each is reported with its reason instead of being
+silently skipped.
 """
 
 from __future__ import annotations
@@ -29,11 +40,57 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from faceprep.types import ImageArray, ImageLoadError
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-     ".ppm", ".pgm", ".pbm", ".pnm"}
-)  # fmt: skip
-"""Lower-case file suffixes ``iter_images`` collects."""
+PHOTO_FORMATS: dict[str, str] = {
+    **dict.fromkeys((".jpg", ".jpeg", ".jpe", ".jfif"), "JPEG"),
+    ".mpo": "JPEG",  # multi-picture JPEG (cameras); the JPEG opener reads it
+    **dict.fromkeys((".png", ".apng"), "PNG"),
+    **dict.fromkeys((".bmp", ".dib"), "BMP"),
+    ".gif": "GIF",
+    **dict.fromkeys((".tif", ".tiff"), "TIFF"),
+    ".webp": "WEBP",
+    **dict.fromkeys((".avif", ".avifs"), "AVIF"),
+    **dict.fromkeys((".heic", ".heif"), "HEIF"),
+    ".jxl": "JXL",
+    **dict.fromkeys((".jp2", ".j2k", ".jpx", ".jpf", ".j2c"), "JPEG2000"),
+    **dict.fromkeys((".ppm", ".pgm", ".pbm", ".pnm"), "PPM"),
+    ".tga": "TGA",
+    ".qoi": "QOI",
+}
+"""Lower-case suffix → Pillow format name of the photo formats faceprep looks for."""
+
+_CODEC_FEATURES = {"JPEG": "jpg", "WEBP": "webp", "AVIF": "avif", "JPEG2000": "jpg_2000"}
+_MISSING_HINT = {
+    "AVIF": "this Pillow has no AVIF decoder (Pillow >= 11.3 built with libavif reads it)",
+    "HEIF": "Pillow cannot decode HEIF/HEIC (convert the files, e.g. to JPEG)",
+    "JXL": "Pillow cannot decode JPEG XL (convert the files, e.g. to PNG)",
+}
+
+
+def format_unsupported(fmt: str) -> str | None:
+    """None when this Pillow can decode ``fmt`` (a Pillow format name), else the one-line reason."""
+    from PIL import features
+
+    Image.init()
+    feature = _CODEC_FEATURES.get(fmt)
+    if fmt in Image.OPEN and (feature is None or features.check(feature)):
+        return None
+    return _MISSING_HINT.get(fmt, f"this Pillow cannot decode {fmt} images")
+
+
+def _support_tables() -> tuple[frozenset[str], dict[str, str]]:
+    reasons = {fmt: format_unsupported(fmt) for fmt in set(PHOTO_FORMATS.values())}
+    supported = frozenset(ext for ext, fmt in PHOTO_FORMATS.items() if reasons[fmt] is None)
+    unsupported = {
+        ext: f"{fmt} image not supported: {reason}"
+        for ext, fmt in PHOTO_FORMATS.items()
+        if (reason := reasons[fmt]) is not None
+    }
+    return supported, unsupported
+
+
+IMAGE_EXTENSIONS, UNSUPPORTED_EXTENSIONS = _support_tables()
+"""Suffixes this Pillow decodes; and suffix → reason for photo formats it cannot decode. ``iter_images``
+collects both (the second kind so that ``load_image`` reports each such file with its reason)."""
 
 DEFAULT_MAX_PIXELS = 89_478_485
 """Refuse images with more pixels than this (PIL's own warning threshold, ~89 MP, ~268 MB as RGB)."""
@@ -42,9 +99,12 @@ DEFAULT_MAX_PIXELS = 89_478_485
 def iter_images(root: str | os.PathLike[str], exclude: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
     """All image files under ``root`` (recursive, by suffix, case-insensitive), sorted by relative path.
 
-    A file given as ``root`` is returned alone. Hidden files and folders (name starts with ``.``, e.g.
-    macOS ``._x.jpg`` resource forks) are skipped, and so is every folder in ``exclude`` (e.g. the
-    output folder when it lies inside the source). Symlinked folders are not followed.
+    Suffixes are those of ``PHOTO_FORMATS``: decodable ones and, so that they are reported rather
+    than silently missing, the ones this Pillow cannot decode. A file given as ``root`` is returned
+    alone (``load_image`` then decides, with the same reasons). Hidden files and folders (name
+    starts with ``.``, e.g. macOS ``._x.jpg`` resource forks) are skipped, and so is every folder in
+    ``exclude`` (e.g. the output folder when it lies inside the source). Symlinked folders are not
+    followed.
     """
     base = Path(root)
     if base.is_file():
@@ -52,14 +112,13 @@ def iter_images(root: str | os.PathLike[str], exclude: Iterable[str | os.PathLik
     if not base.is_dir():
         raise FileNotFoundError(f"{base}: no such file or folder")
     skip = {Path(p).resolve() for p in exclude}
+    collected = IMAGE_EXTENSIONS | UNSUPPORTED_EXTENSIONS.keys()
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(base):
         here = Path(dirpath)
         dirnames[:] = [d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in skip]
         found.extend(
-            here / f
-            for f in filenames
-            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS
+            here / f for f in filenames if not f.startswith(".") and Path(f).suffix.lower() in collected
         )
     return sorted(found, key=lambda p: p.relative_to(base).as_posix())
 
@@ -75,6 +134,8 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # PIL's "could not be identified because AVIF support not installed": our reason says it
+            warnings.filterwarnings("ignore", "image file could not be", UserWarning)
             with Image.open(io.BytesIO(data)) as img:
                 w, h = img.size
                 if max_pixels is not None and w * h > max_pixels:
@@ -82,18 +143,27 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT
                         name,
                         f"image too large ({w}x{h} = {w * h} pixels > {max_pixels}; decompression bomb?)",
                     )
-                img.load()
-                upright = _exif_upright(img)
-                rgb = to_rgb(upright)
+                rgb = from_pil(img)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(name, f"decompression bomb refused by PIL ({exc})") from exc
     except UnidentifiedImageError as exc:
-        raise ImageLoadError(name, "not a recognised image format (or a corrupt header)") from exc
+        unsupported = UNSUPPORTED_EXTENSIONS.get(Path(name).suffix.lower())
+        reason = unsupported or "not a recognised image format (or a corrupt header)"
+        raise ImageLoadError(name, reason) from exc
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
         raise ImageLoadError(name, f"corrupt or truncated image ({_one_line(exc)})") from exc
     return rgb
+
+
+def from_pil(img: Image.Image) -> ImageArray:
+    """An opened PIL image as ``load_image`` returns a file: decoded, EXIF-upright, (H, W, 3) uint8 RGB.
+
+    Decoding errors propagate as PIL raises them (OSError, ValueError, ...).
+    """
+    img.load()
+    return to_rgb(_exif_upright(img))
 
 
 def to_rgb(img: Image.Image) -> ImageArray:
@@ -139,11 +209,24 @@ def _exif_upright(img: Image.Image) -> Image.Image:
         return img
 
 
+DATA_BIT_DEPTHS = (8, 10, 12, 14, 16)
+"""Bit depths a 16-bit image's data may really have (sensor and scanner formats)."""
+
+
+def data_full_scale(max_value: float) -> int:
+    """The full-scale value 2^k − 1 of the smallest depth k in ``DATA_BIT_DEPTHS`` holding ``max_value``."""
+    for bits in DATA_BIT_DEPTHS:
+        if max_value <= (1 << bits) - 1:
+            return (1 << bits) - 1
+    return (1 << DATA_BIT_DEPTHS[-1]) - 1
+
+
 def _high_depth_to_u8(arr: np.ndarray, mode: str) -> np.ndarray:
     a = arr.astype(np.float64)
     fits_16bit = a.size == 0 or (a.min() >= 0 and a.max() <= 65535)
     if mode.startswith("I;16") or (mode == "I" and fits_16bit):
-        scaled = a * (255.0 / 65535.0)
+        full = data_full_scale(float(a.max()) if a.size else 0.0)
+        scaled = a * (255.0 / full)
     elif mode == "F" and (a.size == 0 or (np.nanmin(a) >= 0 and np.nanmax(a) <= 1)):
         scaled = a * 255.0
     else:

@@ -12,7 +12,8 @@ The SCRFD detector's ONNX file is looked up in this order:
    a machine without network fails fast; a failed download is not retried within the same process.
 
 Every failure raises ``ModelUnavailableError`` with a short one-line reason, which ``auto`` stage
-selection shows before falling back to another detector.
+selection shows before falling back to another detector. A file that is found but cannot be loaded
+(corrupt, truncated, another network) makes the detector raise ``InvalidModelError`` naming it.
 """
 
 from __future__ import annotations
@@ -60,6 +61,18 @@ SCRFD = ModelSource(
 
 class ModelUnavailableError(RuntimeError):
     """No usable model file could be found or fetched; the message is one line."""
+
+
+class InvalidModelError(ValueError):
+    """A model file exists but cannot be used (corrupt, truncated, or not the expected network).
+
+    The message is one line: ``<path>: <reason>``. A ValueError, so the CLI reports a usage error.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = str(path)
+        self.reason = " ".join(reason.split())[:300]
+        super().__init__(f"{self.path}: {self.reason}")
 
 
 def cache_dir() -> Path:

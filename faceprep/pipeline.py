@@ -1,11 +1,14 @@
 """The library entry point: photo in, aligned and filtered faces out.
 
 >>> pipe = Pipeline.from_names(detector="auto", aligner="ffhq", fill="mirror-blur", size=256)
->>> crops = pipe(image, source="party.jpg")          # every face, kept and rejected
+>>> crops = pipe(image, source="party.jpg")          # every face, kept and rejected (array or PIL)
 >>> kept = [c for c in crops if c.kept]                 # c.record() is the metadata.jsonl line
 
 ``Pipeline`` is what ``faceprep crop`` runs in each worker; the CLI adds only the file walk, the
-near-duplicate check across the whole run and the writing (``faceprep.dataset``).
+near-duplicate check across the whole run and the writing (``faceprep.dataset``). A ``Pipeline``
+pickles as its config and is rebuilt on load, so ``multiprocessing.Pool.map(pipe, images)`` and
+``datasets.Dataset.map(..., num_proc=N)`` work (each process loads its own model; the
+near-duplicate index starts empty there).
 """
 
 from __future__ import annotations
@@ -18,19 +21,47 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from PIL import Image
+
 from faceprep import filters, plugins
 from faceprep.detectors import check_image
 from faceprep.filters import DuplicateIndex, FilterThresholds
 from faceprep.geometry import MAX_SIZE, MIN_SIZE
-from faceprep.imageio import load_image
+from faceprep.imageio import from_pil, load_image
 from faceprep.rotation import with_rotation_correction
 from faceprep.types import Detection, FaceCrop, ImageArray, ImageLoadError, SourceError
-
-ALIGNER_OPTIONS = frozenset({"rotate", "scale", "shift"})
 
 
 class DetectorFallbackWarning(UserWarning):
     """``detector="auto"`` could not use the preferred detector and fell back to another one."""
+
+
+def route_options(
+    stage_names: Mapping[plugins.Kind, str], options: Mapping[str, Any]
+) -> dict[plugins.Kind, dict[str, Any]]:
+    """Split ``options`` between the stages by the parameters their factories declare.
+
+    An option goes to the one stage that names it; if none names it, to the one stage taking
+    ``**kwargs``. ValueError (naming the option and the stages) when no stage or several take it.
+    """
+    declared = {
+        kind: plugins.factory_options(plugins.resolve(kind, name).factory)
+        for kind, name in stage_names.items()
+    }
+    routed: dict[plugins.Kind, dict[str, Any]] = {kind: {} for kind in stage_names}
+    for option, value in options.items():
+        named = [k for k, d in declared.items() if d is not None and option in d[0]]
+        takers = named or [k for k, d in declared.items() if d is not None and d[1]]
+        stages = ", ".join(f"{k} {stage_names[k]!r}" for k in (takers or stage_names))
+        if not takers:
+            raise ValueError(f"unknown option {option!r}: none of the stages takes it ({stages})")
+        if len(takers) > 1:
+            raise ValueError(
+                f"ambiguous option {option!r}: taken by {stages}; pass it in "
+                + " or ".join(f"{k}_options=" for k in takers)
+            )
+        routed[takers[0]][option] = value
+    return routed
 
 
 def resolve_detector(name: str) -> tuple[str, str | None]:
@@ -97,6 +128,10 @@ class Pipeline:
         self.fill = plugins.create("fill", config.fill, **dict(config.fill_options))
         self.duplicates = DuplicateIndex(config.thresholds.dedup_distance) if config.dedup else None
 
+    def __reduce__(self) -> tuple[type[Pipeline], tuple[PipelineConfig]]:
+        """Pickle as the config: the receiving process rebuilds the stages (and loads the model)."""
+        return (type(self), (self.config,))
+
     @classmethod
     def from_names(
         cls,
@@ -108,25 +143,32 @@ class Pipeline:
         thresholds: FilterThresholds | None = None,
         rotation_fix: bool = True,
         dedup: bool = True,
+        detector_options: Mapping[str, Any] | None = None,
+        aligner_options: Mapping[str, Any] | None = None,
+        fill_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> Pipeline:
         """Build a pipeline from stage names.
 
-        ``options`` go to the aligner when named ``rotate``, ``scale`` or ``shift`` and to the detector
-        otherwise (``model``, ``score_threshold``, ``num_threads``). ``detector="auto"`` picks the best
-        detector that can run here and warns (``DetectorFallbackWarning``, one line) when it had to
-        fall back.
+        Each of ``options`` goes to the stage whose factory declares it: with the built-ins
+        ``rotate``, ``scale`` and ``shift`` go to the aligner and ``model``, ``score_threshold``,
+        ``num_threads`` to the detector. An option no stage takes, or that several take, is a
+        ValueError; ``detector_options=`` / ``aligner_options=`` / ``fill_options=`` pass options to
+        one stage explicitly. ``detector="auto"`` picks the best detector that can run here and warns
+        (``DetectorFallbackWarning``, one line) when it had to fall back.
         """
         name, note = resolve_detector(detector)
         if note:
             warnings.warn(note, DetectorFallbackWarning, stacklevel=2)
+        routed = route_options({"detector": name, "aligner": aligner, "fill": fill}, options)
         config = PipelineConfig(
             detector=name,
             aligner=aligner,
             fill=fill,
             size=size,
-            detector_options={k: v for k, v in options.items() if k not in ALIGNER_OPTIONS},
-            aligner_options={k: v for k, v in options.items() if k in ALIGNER_OPTIONS},
+            detector_options={**(detector_options or {}), **routed["detector"]},
+            aligner_options={**(aligner_options or {}), **routed["aligner"]},
+            fill_options={**(fill_options or {}), **routed["fill"]},
             thresholds=thresholds or FilterThresholds(),
             rotation_fix=rotation_fix,
             dedup=dedup,
@@ -138,10 +180,16 @@ class Pipeline:
         found = self.detector.detect(image)
         return sorted(found, key=lambda d: (-float(d.score), float(d.box[1]), float(d.box[0])))
 
-    def __call__(self, image: ImageArray, source: str = "") -> list[FaceCrop]:
-        """Every face in ``image`` as a FaceCrop with its filter results (rejected ones included)."""
+    def __call__(self, image: ImageArray | Image.Image, source: str = "") -> list[FaceCrop]:
+        """Every face in ``image`` as a FaceCrop with its filter results (rejected ones included).
+
+        ``image``: an (H, W, 3) uint8 RGB array, or a PIL image (converted like ``load_image``
+        converts a file: EXIF orientation applied, then the same mode rules).
+        """
         from faceprep.warp import extract_face
 
+        if isinstance(image, Image.Image):
+            image = from_pil(image)
         check_image(image)
         crops: list[FaceCrop] = []
         for index, det in enumerate(self.detect(image)):

@@ -10,6 +10,7 @@ boxes and the five keypoints back to source pixels.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from faceprep import detectors
-from faceprep.models import ENV_MODEL, ModelUnavailableError, resolve_scrfd_model
+from faceprep.models import ENV_MODEL, InvalidModelError, ModelUnavailableError, resolve_scrfd_model
 from faceprep.types import Detection, FloatArray, ImageArray
 
 STRIDES = (8, 16, 32)
@@ -179,7 +180,9 @@ class ScrfdDetector:
     model: ONNX path (None: ``faceprep.models.resolve_scrfd_model``). input_size: the square network
     input (must equal the model's if its input shape is fixed). num_threads: onnxruntime intra-op
     threads (0: its default; use 1 per worker process when running several). providers: onnxruntime
-    execution providers (default: CUDA when available, then CPU).
+    execution providers (default: CUDA when available, then CPU). A file that onnxruntime cannot load
+    or whose inputs/outputs are not SCRFD's raises ``InvalidModelError`` (a ValueError, one line
+    naming the file).
     """
 
     name = "scrfd"
@@ -210,19 +213,8 @@ class ScrfdDetector:
         if providers is None:
             available = ort.get_available_providers()
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = ort.InferenceSession(str(self.model_path), options, providers=list(providers))
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        fixed = [d for d in inp.shape[2:] if isinstance(d, int)]
-        if fixed and any(d != input_size for d in fixed):
-            raise ValueError(
-                f"{self.model_path} takes {fixed} px input; input_size={input_size} does not match"
-            )
-        shapes = [list(o.shape) for o in self.session.get_outputs()]
-        if any(not isinstance(d, int) for s in shapes for d in s):  # dynamic shapes: probe once
-            probe = np.zeros((1, 3, input_size, input_size), np.float32)
-            shapes = [list(o.shape) for o in self.session.run(None, {self.input_name: probe})]
-        self.layout = identify_outputs(shapes, input_size)
+        self.session = _open_session(ort, self.model_path, options, list(providers))
+        self.input_name, self.layout = _check_model(self.session, self.model_path, input_size)
 
     def detect(self, image: ImageArray) -> list[Detection]:
         blob, geo = letterbox(image, self.input_size)
@@ -232,6 +224,43 @@ class ScrfdDetector:
         )
         corners = geo.to_source(boxes.reshape(-1, 2, 2))
         return detectors.to_detections(corners, scores, geo.to_source(kps), image.shape, self.name)
+
+
+def _ort_reason(exc: BaseException, path: Path) -> str:
+    """onnxruntime's message without its "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF :" prefix and
+    "Load model from <path> failed:" (the caller names the file)."""
+    text = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", str(exc).strip())
+    text = text.replace(f"Load model from {path} failed:", "").strip()
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _open_session(ort: Any, path: Path, options: Any, providers: list[str]) -> Any:
+    """An onnxruntime session for ``path``; InvalidModelError (one line, naming it) if it cannot load."""
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime's InvalidProtobuf, Fail, InvalidGraph, ... (not RuntimeError)
+        raise InvalidModelError(path, f"not a valid ONNX model: {_ort_reason(exc, path)}") from exc
+
+
+def _check_model(session: Any, path: Path, input_size: int) -> tuple[str, OutputLayout]:
+    """The input name and output layout; InvalidModelError unless it looks like SCRFD (by shapes)."""
+    inputs = session.get_inputs()
+    channels = inputs[0].shape[1] if len(inputs) == 1 and len(inputs[0].shape) == 4 else None
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or (isinstance(channels, int) and channels != 3):
+        shapes = [list(i.shape) for i in inputs]
+        raise InvalidModelError(path, f"not an SCRFD model: expected one 1x3xHxW input, got {shapes}")
+    inp = inputs[0]
+    fixed = [d for d in inp.shape[2:] if isinstance(d, int)]
+    if fixed and any(d != input_size for d in fixed):
+        raise InvalidModelError(path, f"takes {fixed} px input; input_size={input_size} does not match")
+    shapes = [list(o.shape) for o in session.get_outputs()]
+    try:
+        if any(not isinstance(d, int) for s in shapes for d in s):  # dynamic shapes: probe once
+            probe = np.zeros((1, 3, input_size, input_size), np.float32)
+            shapes = [list(o.shape) for o in session.run(None, {inp.name: probe})]
+        return inp.name, identify_outputs(shapes, input_size)
+    except Exception as exc:
+        raise InvalidModelError(path, f"not an SCRFD model: {_ort_reason(exc, path)}") from exc
 
 
 # ----------------------------------------------------------------------------- plugin registration

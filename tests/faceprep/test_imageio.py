@@ -197,3 +197,82 @@ def test_real_grayscale_photo(photos_dir: Path) -> None:
     assert out.shape == (2171, 3000, 3) and out.dtype == np.uint8
     assert (out[:, :, 0] == out[:, :, 1]).all()
     assert sys.getrefcount(out) >= 1 and 20 < out.mean() < 235
+
+
+def test_twelve_bit_data_in_sixteen_bit_png_keeps_its_brightness(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    twelve = rng.integers(0, 4096, size=(16, 24), dtype=np.uint16)
+    twelve[0, 0] = 4095  # the sensor's full scale occurs (not required: any max <= 4095 is 12-bit)
+    img = Image.fromarray(twelve)
+    assert img.mode.startswith("I;16")
+    out = load_image(_save(img, tmp_path / "twelve.png"))[:, :, 0].astype(np.float64)
+    eight_bit = np.rint(twelve * (255.0 / 4095.0))
+    assert abs(out.mean() - eight_bit.mean()) < 1.0 and np.abs(out - eight_bit).max() <= 1
+    ten = np.array([[0, 512], [1023, 100]], np.uint16)  # 10-bit data
+    out10 = load_image(_save(Image.fromarray(ten), tmp_path / "ten.png"))[:, :, 0]
+    np.testing.assert_array_equal(out10, np.rint(ten * (255.0 / 1023.0)).astype(np.uint8))
+    dark = np.array([[0, 5000], [4096, 300]], np.uint16)  # above 4095: 14-bit steps, not a stretch
+    outd = load_image(_save(Image.fromarray(dark), tmp_path / "dark.png"))[:, :, 0]
+    np.testing.assert_array_equal(outd, np.rint(dark * (255.0 / 16383.0)).astype(np.uint8))
+    assert [imageio.data_full_scale(v) for v in (0, 255, 256, 4095, 4096, 65535)] == [
+        255, 255, 1023, 4095, 16383, 65535,
+    ]  # fmt: skip
+
+
+def _avif_folder(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
+    folder = tmp_path / "photos"
+    folder.mkdir(parents=True)
+    arr = np.zeros((32, 48, 3), np.uint8)
+    arr[:, :24] = (200, 40, 40)
+    Image.fromarray(arr).save(folder / "a.avif", quality=95)
+    Image.fromarray(arr).save(folder / "b.png")
+    return folder, folder / "a.avif", arr
+
+
+@pytest.mark.skipif(imageio.format_unsupported("AVIF") is not None, reason="this Pillow has no AVIF codec")
+def test_avif_read_alone_and_found_in_folders(tmp_path: Path) -> None:
+    folder, avif, arr = _avif_folder(tmp_path)
+    assert ".avif" in imageio.IMAGE_EXTENSIONS
+    assert iter_images(folder) == [avif, folder / "b.png"]
+    assert iter_images(avif) == [avif]
+    alone, found = load_image(iter_images(avif)[0]), load_image(iter_images(folder)[0])
+    np.testing.assert_array_equal(alone, found)
+    assert alone.shape == (32, 48, 3) and np.abs(alone.astype(int) - arr).mean() < 8
+
+
+def test_unsupported_format_refused_the_same_way_alone_and_in_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "phone.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic")
+    (folder / "notes.txt").write_text("x")
+    heic = folder / "phone.HEIC"
+    assert iter_images(folder) == [heic] and iter_images(heic) == [heic]  # found, to be reported
+    reason = imageio.UNSUPPORTED_EXTENSIONS[".heic"]
+    assert reason.startswith("HEIF image not supported: ")
+    with pytest.raises(ImageLoadError) as exc:
+        load_image(iter_images(folder)[0])
+    assert exc.value.reason == reason
+    # AVIF on a Pillow without the codec: same rule, found in the folder and refused with the reason
+    from PIL import AvifImagePlugin, features
+
+    if imageio.format_unsupported("AVIF") is None:
+        avif = _avif_folder(tmp_path / "avif")[1]
+        (avif.parent / "b.png").unlink()
+    else:
+        avif = tmp_path / "avif" / "a.avif"
+        avif.parent.mkdir()
+        avif.write_bytes(b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf")
+    real_check = features.check
+    monkeypatch.setattr(features, "check", lambda f: False if f == "avif" else real_check(f))
+    monkeypatch.setattr(AvifImagePlugin, "SUPPORTED", False)
+    supported, unsupported = imageio._support_tables()
+    monkeypatch.setattr(imageio, "IMAGE_EXTENSIONS", supported)
+    monkeypatch.setattr(imageio, "UNSUPPORTED_EXTENSIONS", unsupported)
+    assert ".avif" not in supported and iter_images(avif.parent) == [avif] == iter_images(avif)
+    with pytest.raises(ImageLoadError) as exc:
+        load_image(avif)
+    assert exc.value.reason == "AVIF image not supported: this Pillow has no AVIF decoder " + (
+        "(Pillow >= 11.3 built with libavif reads it)"
+    )
