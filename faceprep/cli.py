@@ -6,10 +6,13 @@ worker processes when asked), and hands every result to the single ``DatasetWrit
 
 from __future__ import annotations
 
+import ast
+import errno
 import multiprocessing
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,10 +21,13 @@ from typing import Any, Literal
 import click
 
 from faceprep import plugins
-from faceprep.dataset import DatasetWriter, RunStats
+from faceprep.dataset import DELETED, DatasetError, DatasetWriter, RunStats
 from faceprep.filters import DETECTOR_DEFAULT, FilterThresholds
 from faceprep.geometry import MAX_SIZE, MIN_SIZE
+from faceprep.outputs import OUTPUT_KINDS, OutputFormat, OutputKind
 from faceprep.pipeline import FileResult, Pipeline, PipelineConfig, resolve_detector
+from faceprep.run_lock import DatasetLockedError
+from faceprep.run_options import OptionsMismatchError, detector_identity, run_options
 
 Job = tuple[str, str]  # (path to read, source name relative to SRC)
 
@@ -48,6 +54,23 @@ class OptionalNumber(click.ParamType):
             self.fail(f"{value!r} is not a number (or 'off')", param, ctx)
 
 
+class StageOption(click.ParamType):
+    """``KEY=VALUE`` for a stage's factory; the value as a Python literal (16, 0.5, True) or a string."""
+
+    name = "KEY=VALUE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        key, sep, text = str(value).partition("=")
+        if not sep or not key.strip().isidentifier():
+            self.fail(f"{value!r} is not KEY=VALUE", param, ctx)
+        try:
+            return key.strip(), ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            return key.strip(), text.strip()
+
+
 def _threshold_option(flag: str, kind: type[float] | type[int], default: float | None, help_text: str) -> Any:
     shown = "off" if default is None else default
     return click.option(
@@ -62,6 +85,7 @@ _DEFAULTS = FilterThresholds()
 @click.version_option(package_name="faceprep-diffengine", message="faceprep %(version)s")
 def main() -> None:
     """faceprep: turn a folder of photos into an FFHQ-style aligned face dataset."""
+    warnings.simplefilter("ignore", plugins.PluginLoadWarning)  # said once, in one line, by each command
 
 
 @main.command()
@@ -85,6 +109,14 @@ def main() -> None:
     "--fill", default="mirror-blur", show_default=True, help="Fill plugin for outside-photo pixels."
 )
 @click.option("--format", "image_format", type=click.Choice(["png", "jpg"]), default="png", show_default=True)
+@click.option(
+    "--output",
+    "output_kind",
+    type=click.Choice(OUTPUT_KINDS),
+    default="folder",
+    show_default=True,
+    help="folder: HF imagefolder; zip: EDM/StyleGAN dataset_tool zip; wds: WebDataset tar shards.",
+)
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True)
 @click.option(
     "--min-score",
@@ -105,6 +137,14 @@ def main() -> None:
 @click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None, help="SCRFD ONNX file.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N photos of SRC.")
 @click.option("--contact-sheet/--no-contact-sheet", default=True, show_default=True)
+@click.option(
+    "--same-folder", is_flag=True, help="Allow DST to be SRC itself (crops are written beside the photos)."
+)
+@click.option(
+    "--detector-opt", multiple=True, type=StageOption(), metavar="KEY=VALUE", help="Detector option."
+)
+@click.option("--align-opt", multiple=True, type=StageOption(), metavar="KEY=VALUE", help="Aligner option.")
+@click.option("--fill-opt", multiple=True, type=StageOption(), metavar="KEY=VALUE", help="Fill option.")
 def crop(
     src: Path,
     dst: Path,
@@ -114,6 +154,7 @@ def crop(
     aligner: str,
     fill: str,
     image_format: str,
+    output_kind: OutputKind,
     jpeg_quality: int,
     no_rotation_fix: bool,
     scale: float,
@@ -121,27 +162,35 @@ def crop(
     model: str | None,
     limit: int | None,
     contact_sheet: bool,
+    same_folder: bool,
+    detector_opt: tuple[tuple[str, Any], ...],
+    align_opt: tuple[tuple[str, Any], ...],
+    fill_opt: tuple[tuple[str, Any], ...],
     **filter_thresholds: Any,
 ) -> None:
     """Detect, align, filter and write every face found under SRC into the dataset folder DST.
 
-    Re-running on the same DST resumes: finished photos are skipped and nothing is written twice.
+    Re-running on the same DST resumes: finished photos are skipped and nothing is written twice. A
+    resume must use the same output options (DST/faceprep.json records them); one run at a time per DST.
     """
-    from faceprep.imageio import iter_images
-
+    if src.is_dir() and src.resolve() == dst.resolve() and not same_folder:
+        raise click.UsageError(
+            f"DST is SRC ({src}): the crops would be written among the photos. Write to another folder "
+            "(e.g. a sub-folder, which is skipped as input), or pass --same-folder"
+        )
     try:
         thresholds = FilterThresholds(**filter_thresholds)  # the --min-*/--max-*/--dedup-* options
         if model is not None and detector == "auto":
             detector = "scrfd"  # --model names an SCRFD file: that is the choice, nothing to fall back from
         name, note = resolve_detector(detector)
-        detector_options = {"model": model} if model else {}
         config = PipelineConfig(
             detector=name,
             aligner=aligner,
             fill=fill,
             size=size,
-            detector_options=detector_options,
-            aligner_options={"scale": scale, "rotate": not no_rotate},
+            detector_options={**({"model": model} if model else {}), **dict(detector_opt)},
+            aligner_options={"scale": scale, "rotate": not no_rotate, **dict(align_opt)},
+            fill_options=dict(fill_opt),
             thresholds=thresholds,
             rotation_fix=not no_rotation_fix,
             dedup=False,  # near-duplicates are checked by the single writer, across the whole run
@@ -149,38 +198,85 @@ def crop(
         pipeline: Pipeline | None = Pipeline(config)  # validates names and options before any work
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise click.UsageError(str(exc)) from exc
+    for failure in plugins.load_failures():
+        click.echo(failure.message, err=True)
     if note:
         click.echo(f"faceprep: {note}", err=True)
-
-    base = src if src.is_dir() else src.parent
-    paths = iter_images(src, exclude=[dst])
-    if limit is not None:
-        paths = paths[:limit]
-    if not paths:
-        raise click.ClickException(f"no image files found under {src}")
-    jobs: list[Job] = [(str(p), p.relative_to(base).as_posix()) for p in paths]
-
+    assert pipeline is not None
+    identity = detector_identity(pipeline.detector)
     fmt: Literal["png", "jpg"] = "jpg" if image_format == "jpg" else "png"
+    options = run_options(config, image_format=fmt, jpeg_quality=jpeg_quality, detector=identity)
+    options["output"] = output_kind
     writer = DatasetWriter(
-        dst, image_format=fmt, jpeg_quality=jpeg_quality, dedup_distance=thresholds.dedup_distance
+        dst,
+        image_format=fmt,
+        jpeg_quality=jpeg_quality,
+        dedup_distance=thresholds.dedup_distance,
+        options=options,
+        detector=identity,
+        output=OutputFormat(output_kind),
     )
     start = time.perf_counter()
-    with writer:
+    try:
+        writer.open()
+    except OptionsMismatchError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except (DatasetLockedError, DatasetError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        for message in writer.notes:
+            click.echo(f"faceprep: {message}", err=True)
+        jobs = _jobs(src, dst, writer.own_files(), limit)
         todo = [job for job in jobs if job[1] not in writer.done]
         skipped = len(jobs) - len(todo)
         if skipped:
             click.echo(f"faceprep: resuming in {dst}: {skipped} of {len(jobs)} photos already done", err=True)
+        if writer.deleted_by_hand:
+            click.echo(
+                f"faceprep: {len(writer.deleted_by_hand)} kept crop(s) were deleted by hand since the last "
+                f"run; their records moved to {dst / DELETED} (those faces stay out)",
+                err=True,
+            )
         n_workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
         if n_workers > 1:
             pipeline = None  # each worker builds its own: free this one's model session now
         _run(todo, pipeline, config, n_workers, writer)
+        sheet = writer.finish(contact_sheet=contact_sheet)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise click.ClickException(
+            f"no space left on the disk while writing {dst} ({exc.filename or 'a file'}): the "
+            f"{len(writer.done)} photos finished so far are saved intact; free some space and run the "
+            "same command again to resume"
+        ) from exc
+    finally:
+        writer.close()
     elapsed = time.perf_counter() - start
-    sheet = writer.write_contact_sheet() if contact_sheet else None
     _summary(writer.stats, skipped, elapsed, n_workers, dst, sheet)
     if writer.stats.photos and writer.stats.errors == writer.stats.photos:
         raise click.ClickException(
             f"every input failed ({writer.stats.errors} files; see {dst / 'errors.jsonl'})"
         )
+
+
+def _jobs(src: Path, dst: Path, own_files: set[str], limit: int | None) -> list[Job]:
+    """(path, source name) of every photo under SRC, leaving out DST and every file faceprep wrote."""
+    from faceprep.imageio import iter_images
+
+    base = src if src.is_dir() else src.parent
+    out = dst.resolve()
+
+    def ours(path: Path) -> bool:  # DST is SRC, or holds it: its crops and previews are no input
+        resolved = path.resolve()
+        return resolved.is_relative_to(out) and resolved.relative_to(out).as_posix() in own_files
+
+    paths = [p for p in iter_images(src, exclude=[dst]) if not ours(p)]
+    if limit is not None:
+        paths = paths[:limit]
+    if not paths:
+        raise click.ClickException(f"no image files found under {src}")
+    return [(str(p), p.relative_to(base).as_posix()) for p in paths]
 
 
 def _run(
@@ -196,6 +292,8 @@ def _run(
                 tqdm.write(f"warning: {result.error.path}: {result.error.reason}", file=sys.stderr)
             bar.set_postfix(faces=writer.stats.faces, kept=writer.stats.kept, refresh=False)
             bar.update(1)
+    except WorkerStartError as exc:
+        raise click.ClickException(f"a worker process could not start: {exc}") from exc
     finally:
         bar.close()
 
@@ -210,28 +308,46 @@ def _results(
         for path, source in todo:
             yield pipeline.process_file(path, source)
         return
-    worker_config = replace(config, detector_options={**config.detector_options, "num_threads": 1})
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(n_workers, initializer=_init_worker, initargs=(worker_config,)) as pool:
+    with ctx.Pool(n_workers, initializer=_init_worker, initargs=(worker_config(config),)) as pool:
         yield from pool.imap(_work, todo, chunksize=1)
 
 
+def worker_config(config: PipelineConfig) -> PipelineConfig:
+    """A worker's config: one inference thread, if the detector's factory takes ``num_threads``."""
+    if not plugins.accepts_option("detector", config.detector, "num_threads"):
+        return config
+    return replace(config, detector_options={**config.detector_options, "num_threads": 1})
+
+
+class WorkerStartError(RuntimeError):
+    """A worker could not build its pipeline (raised from its first job, so the pool does not respawn)."""
+
+
 _WORKER: Pipeline | None = None
+_WORKER_ERROR: str | None = None
 
 
 def _init_worker(config: PipelineConfig) -> None:
-    """Build this worker's pipeline once; one thread per process (the processes are the parallelism)."""
-    global _WORKER
-    import cv2
-    import torch
+    """Build this worker's pipeline once; one thread per process (the processes are the parallelism).
 
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    _WORKER = Pipeline(config)
+    It never raises: a failing initializer makes ``multiprocessing.Pool`` respawn workers forever, so the
+    failure is kept and reported by the worker's first job instead."""
+    global _WORKER, _WORKER_ERROR
+    try:
+        import cv2
+        import torch
+
+        torch.set_num_threads(1)
+        cv2.setNumThreads(1)
+        _WORKER = Pipeline(config)
+    except Exception as exc:
+        _WORKER_ERROR = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
 def _work(job: Job) -> FileResult:
-    assert _WORKER is not None, "worker not initialised"
+    if _WORKER is None:
+        raise WorkerStartError(_WORKER_ERROR or "worker not initialised")
     return _WORKER.process_file(*job)
 
 
@@ -245,7 +361,7 @@ def _summary(
         f"photos      {stats.photos} processed, {skipped} skipped (already done), {stats.errors} errors",
         f"faces       {stats.faces} found, {stats.kept} kept, {rejected} rejected ({reasons})",
         f"time        {elapsed:.1f} s, {rate:.2f} photos/s, {workers} worker(s)",
-        f"output      {dst}" + (f"  (contact sheet: {sheet.name})" if sheet else ""),
+        f"output      {dst}" + (f"  (contact sheet: {sheet.relative_to(dst)})" if sheet else ""),
     ]
     click.echo("\n".join(lines))
 
@@ -265,6 +381,11 @@ def list_plugins() -> None:
             click.echo(f"  {spec.name:<14} {status:<12}  {spec.description}")
             if reason is not None:
                 click.echo(f"  {'':<14} why: {reason}")
+    failures = plugins.load_failures()
+    if failures:
+        click.echo("skipped plugins:")
+        for failure in failures:
+            click.echo(f"  {failure.name:<14} {failure.origin}: {failure.reason}")
 
 
 if __name__ == "__main__":

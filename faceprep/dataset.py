@@ -6,42 +6,55 @@ Layout of ``DST`` (Hugging Face ``imagefolder`` loads it as is)::
     metadata.jsonl            one line per kept face, ``file_name`` first, then FaceCrop.record()
     rejected.jsonl            one line per rejected face (same fields, ``rejected_by`` non-empty)
     errors.jsonl              one line per source that could not be processed: file, reason
-    done.jsonl                journal: one line per finished source (the resume point)
+    done.jsonl                journal: the files a source is about to write, then its finished line
+    deleted.jsonl             kept crops found deleted by hand (their records, moved out of metadata)
+    faceprep.json             the options the dataset was made with (see faceprep.run_options)
     contact_sheet.png         a grid of a sample of kept faces, written at the end
+    .faceprep.lock            held by the run writing the folder (see faceprep.run_lock)
 
-Crash safety (also against ``kill -9``): images are written to a hidden temporary name and renamed into
-place; the JSONL lines of a source are appended only after its images are in place, and its journal
-line only after those, each followed by flush + fsync. On opening, :meth:`DatasetWriter.open` repairs
-whatever an interrupted run left: temporary files and a trailing partial line are dropped, lines and
-images of sources missing from the journal are removed, and those sources are processed again.
+Crash safety (also against ``kill -9``): images are written to a hidden temporary name
+(``.faceprep-tmp-*``) and renamed into place; before a source's images are written the journal names
+them, its JSONL lines are appended only after its images are in place, and its finished line only after
+those, each followed by flush + fsync. On opening, :meth:`DatasetWriter.open` repairs whatever an
+interrupted run left: temporary files and a trailing partial line are dropped, lines of sources missing
+from the journal are removed, and so are the images the journal says such a source was writing; those
+sources are processed again. faceprep deletes no other file: nothing that is not in its own record.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import os
 import re
+import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
 
+from faceprep.card import CARD, write_card
 from faceprep.filters import DuplicateIndex
+from faceprep.outputs import SHARDS, ZIP_NAME, OutputFormat, read_crop
 from faceprep.pipeline import FileResult, check_duplicate
-from faceprep.types import FaceCrop
+from faceprep.run_lock import DatasetLock
+from faceprep.run_options import OPTIONS_FILE, check_or_record
+from faceprep.types import FaceCrop, SourceError
 
 METADATA = "metadata.jsonl"
 REJECTED = "rejected.jsonl"
 ERRORS = "errors.jsonl"
 JOURNAL = "done.jsonl"
-CONTACT_SHEET = "contact_sheet.png"
-TMP_SUFFIX = ".tmp"
+CONTACT_SHEET = "preview/contact_sheet.png"  # outside the image set: EDM's tool would train on it
+DELETED = "deleted.jsonl"
+TMP_PREFIX = ".faceprep-tmp-"  # every temporary file faceprep writes starts so; nothing else does
 ImageFormat = Literal["png", "jpg"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_OUR_IMAGE = re.compile(r"_\d{2,}\.(png|jpg)$")
 MAX_NAME = 150
 
 
@@ -103,8 +116,16 @@ class RunStats:
             self.rejected_by.update(crop.rejected_by)
 
 
+class DatasetError(RuntimeError):
+    """DST cannot be used as it is (someone else's files where faceprep would write)."""
+
+
 class DatasetWriter:
-    """Single writer of a dataset folder (the CLI's main process; workers only compute)."""
+    """Single writer of a dataset folder (the CLI's main process; workers only compute).
+
+    ``options`` (see :mod:`faceprep.run_options`) are checked against ``DST/faceprep.json`` on opening;
+    None skips the check (library callers that manage their own folders).
+    """
 
     def __init__(
         self,
@@ -113,41 +134,98 @@ class DatasetWriter:
         image_format: ImageFormat = "png",
         jpeg_quality: int = 95,
         dedup_distance: int | None = 6,
+        options: Mapping[str, Any] | None = None,
+        detector: Mapping[str, Any] | None = None,
+        output: OutputFormat | None = None,
     ) -> None:
         if image_format not in ("png", "jpg"):
             raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
         if not 1 <= jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
         self.dst = Path(dst)
+        self.output = output or OutputFormat()
+        self.images = self.output.image_dir(self.dst)
         self.image_format: ImageFormat = image_format
         self.jpeg_quality = jpeg_quality
+        self.options = options
+        self.detector = detector or {}
         self.done: set[str] = set()
+        self.ours: set[str] = set()  # image files this dataset's record says faceprep wrote
+        self.deleted_by_hand: list[dict[str, Any]] = []  # kept crops found missing on opening
+        self.notes: list[str] = []  # one-line messages for the user (older dataset, other version)
         self.duplicates = DuplicateIndex(dedup_distance)
         self.stats = RunStats()
         self._files: dict[str, Any] = {}
+        self._lock: DatasetLock | None = None
+        self._next_index = 0  # kept faces so far, over all runs: their place in a zip or shard
 
     # --- opening and repair -------------------------------------------------------------------------
 
     def open(self) -> DatasetWriter:
-        """Create DST or repair and reload it for resuming; returns self."""
+        """Lock DST, check its options, create it or repair and reload it for resuming; returns self."""
         self.dst.mkdir(parents=True, exist_ok=True)
-        resuming = (self.dst / JOURNAL).exists()
-        for tmp in self.dst.glob(f".*{TMP_SUFFIX}"):
-            tmp.unlink(missing_ok=True)
-        self.done = {rec["source"] for rec in self._repair(JOURNAL, keep=lambda rec: True)}
+        self._lock = DatasetLock(self.dst).acquire()
+        self.images.mkdir(exist_ok=True)
+        try:
+            self._refuse_foreign_files()
+            if self.options is not None:
+                note = check_or_record(self.dst, self.options, self.detector)
+                self.notes += [note] if note else []
+            self._load_and_repair()
+            names = (METADATA, REJECTED, ERRORS, JOURNAL)
+            self._files = {name: open(self.dst / name, "a", encoding="utf-8") for name in names}  # noqa: SIM115
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def _refuse_foreign_files(self) -> None:
+        """A folder that is not a faceprep dataset yet must not hold files under faceprep's names."""
+        if (self.dst / JOURNAL).exists() or (self.dst / OPTIONS_FILE).exists():
+            return
+        for name in (METADATA, REJECTED, ERRORS, DELETED, CONTACT_SHEET, ZIP_NAME, SHARDS):
+            if (self.dst / name).exists():
+                raise DatasetError(
+                    f"{self.dst / name} exists but {self.dst} is not a faceprep dataset (no {JOURNAL}): "
+                    "faceprep will not overwrite it; write to an empty or new folder"
+                )
+
+    def _load_and_repair(self) -> None:
+        """Reload the record; undo what an interrupted source left, note crops deleted by hand."""
+        for folder in {self.dst, self.images, self.dst / SHARDS}:
+            for tmp in folder.glob(f"{TMP_PREFIX}*"):  # only faceprep writes files under this prefix
+                tmp.unlink(missing_ok=True)
+        journal = self._repair(JOURNAL, keep=lambda rec: "source" in rec)
+        self.done = {rec["source"] for rec in journal if "faces" in rec}
+        pending: set[str] = set()
+        for rec in journal:
+            files = set(rec.get("files") or rec.get("writing") or ())
+            (self.ours if rec["source"] in self.done else pending).update(files)
+        self._repair(JOURNAL, keep=lambda rec: rec.get("source") in self.done)
         kept = self._repair(METADATA, keep=lambda rec: rec.get("source") in self.done)
         self._repair(REJECTED, keep=lambda rec: rec.get("source") in self.done)
         self._repair(ERRORS, keep=lambda rec: rec.get("source") in self.done)
         listed = {rec["file_name"] for rec in kept}
-        for path in self.dst.iterdir() if resuming else ():  # an interrupted source's images: redone
-            if path.is_file() and _OUR_IMAGE.search(path.name) and path.name not in listed:
-                path.unlink()
-        for rec in kept:
+        self.ours |= listed
+        for name in pending - listed:  # an interrupted source's images, by our own record: redone
+            (self.images / name).unlink(missing_ok=True)
+        self._next_index = len(kept) + len(read_jsonl(self.dst / DELETED))
+        present = [rec for rec in kept if self.output.holds(self.dst, rec)]
+        if len(present) < len(kept):  # crops the user deleted: keep the decision, record it
+            self.deleted_by_hand = [rec for rec in kept if rec not in present]
+            found = time.strftime("%Y-%m-%dT%H:%M:%S")
+            self._append_file(
+                DELETED, [_dumps({**rec, "deleted_found": found}) for rec in self.deleted_by_hand]
+            )
+            self._repair(METADATA, keep=lambda rec: self.output.holds(self.dst, rec))
+        for rec in present:
             if "phash" in rec:
                 self.duplicates.add(rec["phash"])
-        names = (METADATA, REJECTED, ERRORS, JOURNAL)
-        self._files = {name: open(self.dst / name, "a", encoding="utf-8") for name in names}  # noqa: SIM115
-        return self
+
+    def own_files(self) -> set[str]:
+        """Names (relative to DST) of every file faceprep wrote there, for excluding them as inputs."""
+        fixed = {METADATA, REJECTED, ERRORS, JOURNAL, DELETED, CONTACT_SHEET, OPTIONS_FILE, CARD}
+        return self.ours | fixed
 
     def _repair(self, name: str, keep: Any) -> list[dict[str, Any]]:
         """Parse a JSONL file, keeping complete lines that ``keep`` accepts; rewrite it if any dropped."""
@@ -164,10 +242,11 @@ class DatasetWriter:
                 else:
                     dropped = True
         if dropped:
-            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-            tmp = self.dst / f".{name}{TMP_SUFFIX}"
-            tmp.write_text(text, encoding="utf-8")
-            _fsync_path(tmp)
+            tmp = self.dst / f"{TMP_PREFIX}{name}"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write("".join(_dumps(r) for r in records))
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, path)
         return records
 
@@ -181,6 +260,9 @@ class DatasetWriter:
         for fh in self._files.values():
             fh.close()
         self._files = {}
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # --- writing ----------------------------------------------------------------------------------
 
@@ -190,28 +272,45 @@ class DatasetWriter:
             raise RuntimeError("DatasetWriter.write called before open()")
         if result.source in self.done:
             return []
+        crops = sorted(result.crops, key=lambda c: c.face_index)
+        error = result.error
+        taken = [
+            name
+            for c in crops
+            if (name := face_file_name(result.source, c.face_index, self.image_format)) not in self.ours
+            and (self.images / name).exists()
+        ]
+        if taken:  # someone else's file under a crop's name: never overwrite it
+            reason = f"{self.images / taken[0]} exists and was not written by faceprep: not overwritten"
+            error, crops = SourceError(result.path, reason), []
         written: list[FaceCrop] = []
+        files: list[str] = []
         meta_lines: list[str] = []
         rejected_lines: list[str] = []
-        for crop in sorted(result.crops, key=lambda c: c.face_index):
+        for crop in crops:
             checked, hash_hex = check_duplicate(crop, self.duplicates)
             record = {**checked.record(), "phash": hash_hex}
             if checked.kept:
-                file_name = face_file_name(result.source, checked.face_index, self.image_format)
-                self._save_image(checked, file_name)
-                meta_lines.append(_dumps({"file_name": file_name, **record}))
+                files.append(face_file_name(result.source, checked.face_index, self.image_format))
+                place = self.output.placement(self._next_index + len(files) - 1, files[-1])
+                meta_lines.append(_dumps({"file_name": files[-1], **place, **record}))
             else:
                 rejected_lines.append(_dumps(record))
             written.append(checked)
-        if meta_lines or rejected_lines:
-            _fsync_dir(self.dst)
-        if result.error is not None:
-            self._append(ERRORS, [_dumps({**result.error.record(), "source": result.source})])
+        if files:  # our record of what we are about to write, so a repair removes only our files
+            self._append(JOURNAL, [_dumps({"source": result.source, "writing": files})])
+            for crop, name in zip((c for c in written if c.kept), files, strict=True):
+                self._save_image(crop, name)
+                self.ours.add(name)
+            _fsync_dir(self.images)
+        if error is not None:
+            self._append(ERRORS, [_dumps({**error.record(), "source": result.source})])
         self._append(METADATA, meta_lines)
         self._append(REJECTED, rejected_lines)
-        self._append(JOURNAL, [_dumps({"source": result.source, "faces": len(written)})])
+        self._append(JOURNAL, [_dumps({"source": result.source, "faces": len(written), "files": files})])
         self.done.add(result.source)
-        self.stats.add(result, written)
+        self._next_index += len(files)
+        self.stats.add(dataclasses.replace(result, error=error), written)
         return written
 
     def _append(self, name: str, lines: list[str]) -> None:
@@ -222,46 +321,78 @@ class DatasetWriter:
         fh.flush()
         os.fsync(fh.fileno())
 
-    def _save_image(self, crop: FaceCrop, file_name: str) -> None:
-        tmp = self.dst / f".{file_name}{TMP_SUFFIX}"
-        image = Image.fromarray(crop.image)
-        with open(tmp, "wb") as fh:
-            if self.image_format == "png":
-                image.save(fh, format="PNG", compress_level=4)
-            else:
-                subsampling = 0 if self.jpeg_quality >= 90 else 2  # 4:4:4 chroma for high quality
-                image.save(fh, format="JPEG", quality=self.jpeg_quality, subsampling=subsampling)
+    def _append_file(self, name: str, lines: list[str]) -> None:
+        with open(self.dst / name, "a", encoding="utf-8") as fh:
+            fh.write("".join(lines))
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, self.dst / file_name)
+
+    def _save_image(self, crop: FaceCrop, file_name: str) -> None:
+        tmp = self.images / f"{TMP_PREFIX}{file_name}"
+        image = Image.fromarray(crop.image)
+        try:
+            with open(tmp, "wb") as fh:
+                if self.image_format == "png":
+                    image.save(fh, format="PNG", compress_level=4)
+                else:
+                    subsampling = 0 if self.jpeg_quality >= 90 else 2  # 4:4:4 chroma for high quality
+                    image.save(fh, format="JPEG", quality=self.jpeg_quality, subsampling=subsampling)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.images / file_name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     # --- reading back -----------------------------------------------------------------------------
 
     def kept_records(self) -> list[dict[str, Any]]:
         return read_jsonl(self.dst / METADATA)
 
-    def write_contact_sheet(self, max_faces: int = 64, thumb: int = 128, columns: int = 8) -> Path | None:
-        """A grid of up to ``max_faces`` kept faces, evenly sampled over the dataset; None if empty."""
-        return write_contact_sheet(self.dst, max_faces=max_faces, thumb=thumb, columns=columns)
+    def finish(self, contact_sheet: bool = True) -> Path | None:
+        """End of a run: pack staged crops into the archive, write the contact sheet and the card.
+
+        Returns the contact sheet's path (None when not asked for or no crop is left)."""
+        kept = self.kept_records()
+        self.output.pack(self.dst, kept)
+        sheet = write_contact_sheet(self.dst) if contact_sheet else None
+        write_card(
+            self.dst,
+            kept=kept,
+            rejected=read_jsonl(self.dst / REJECTED),
+            errors=len(read_jsonl(self.dst / ERRORS)),
+            deleted=len(read_jsonl(self.dst / DELETED)),
+            output=self.output.kind,
+            contact_sheet=CONTACT_SHEET if sheet else None,
+        )
+        return sheet
 
 
 def write_contact_sheet(dst: Path, max_faces: int = 64, thumb: int = 128, columns: int = 8) -> Path | None:
-    """Write ``dst/contact_sheet.png`` from the kept faces listed in ``dst/metadata.jsonl``."""
-    names = [rec["file_name"] for rec in read_jsonl(dst / METADATA)]
-    if not names:
+    """Write ``dst/preview/contact_sheet.png`` from the kept faces listed in ``dst/metadata.jsonl``.
+
+    Crops deleted or broken since they were listed are left out; None when no crop is left."""
+    records = read_jsonl(dst / METADATA)
+    step = max(1.0, len(records) / max_faces)
+    sample = [records[int(i * step)] for i in range(min(max_faces, len(records)))]
+    tiles: list[Image.Image] = []
+    for record in sample:
+        try:
+            with Image.open(io.BytesIO(read_crop(dst, record))) as im:
+                tiles.append(im.convert("RGB").resize((thumb, thumb), Image.Resampling.LANCZOS))
+        except (OSError, ValueError, KeyError):
+            continue  # deleted or damaged by hand after it was written
+    if not tiles:
         return None
-    step = max(1, len(names) / max_faces)
-    sample = [names[int(i * step)] for i in range(min(max_faces, len(names)))]
-    cols = min(columns, len(sample))
-    rows = -(-len(sample) // cols)
+    cols = min(columns, len(tiles))
+    rows = -(-len(tiles) // cols)
     gap = 2
     sheet = Image.new("RGB", (cols * (thumb + gap) + gap, rows * (thumb + gap) + gap), (32, 32, 32))
-    for i, name in enumerate(sample):
-        with Image.open(dst / name) as im:
-            tile = im.convert("RGB").resize((thumb, thumb), Image.Resampling.LANCZOS)
+    for i, tile in enumerate(tiles):
         sheet.paste(tile, (gap + (i % cols) * (thumb + gap), gap + (i // cols) * (thumb + gap)))
     out = dst / CONTACT_SHEET
-    tmp = dst / f".{CONTACT_SHEET}{TMP_SUFFIX}"
+    out.parent.mkdir(exist_ok=True)
+    tmp = out.with_name(f"{TMP_PREFIX}{out.name}")
     sheet.save(tmp, format="PNG")
     os.replace(tmp, out)
     return out
@@ -286,12 +417,14 @@ def _parse_line(line: str) -> dict[str, Any] | None:
 
 
 def _dumps(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False) + "\n"
-
-
-def _fsync_path(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
+    """One JSONL line, UTF-8 where it can be; names that are not valid UTF-8 (``caf\\xe9.jpg`` read with
+    surrogate escapes) are written as JSON ``\\udcXX`` escapes, which read back to the same name."""
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(record, ensure_ascii=True)
+    return text + "\n"
 
 
 def _fsync_dir(path: Path) -> None:

@@ -68,7 +68,7 @@ def test_crop_end_to_end_with_bad_input(photo_tree: Path, tmp_path: Path, scrfd_
         assert np.asarray(m["landmarks"]).shape == (5, 2) and np.asarray(m["quad"]).shape == (4, 2)
         assert len(m["phash"]) == 16
     assert {m["file_name"] for m in meta} >= {"set0__obama-480p_jpg_00.png", "set0__john2_jpeg_00.png"}
-    images = sorted(p.name for p in dst.glob("*.png") if p.name != "contact_sheet.png")
+    images = sorted(p.name for p in dst.glob("*.png"))
     assert images == sorted(m["file_name"] for m in meta)
 
     errors = {Path(e["file"]).name: e["reason"] for e in _jsonl(dst / "errors.jsonl")}
@@ -77,7 +77,7 @@ def test_crop_end_to_end_with_bad_input(photo_tree: Path, tmp_path: Path, scrfd_
     assert "warning:" in result.output and "truncated.jpg" in result.output
     assert "7 processed" in result.output and "4 errors" in result.output
 
-    with Image.open(dst / "contact_sheet.png") as sheet:
+    with Image.open(dst / "preview" / "contact_sheet.png") as sheet:
         assert sheet.width > 128 and sheet.height >= 128
 
 

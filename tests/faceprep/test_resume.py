@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from faceprep.cli import main
 from faceprep.dataset import DatasetWriter, face_file_name
@@ -94,32 +95,111 @@ def test_writer_records_and_resume_skips_done(tmp_path: Path) -> None:
 def test_open_repairs_an_interrupted_run(tmp_path: Path) -> None:
     with DatasetWriter(tmp_path) as w:
         w.write(_result("a.jpg", _face("a.jpg", 0, 1)))
-    # What a kill -9 can leave: an image + metadata line of an unjournaled source, a temp file, partial lines.
     with DatasetWriter(tmp_path) as w:
         w.write(_result("b.jpg", _face("b.jpg", 0, 2)))
+    # What a kill -9 can leave: b's image + metadata line with its "writing" journal line but not its
+    # finished line, a temp file, partial lines.
     journal = tmp_path / "done.jsonl"
-    journal.write_text(journal.read_text().splitlines(keepends=True)[0] + '{"source": "b.j')
+    lines = journal.read_text().splitlines(keepends=True)
+    assert [json.loads(x).get("writing") for x in lines] == [["a_jpg_00.png"], None, ["b_jpg_00.png"], None]
+    journal.write_text("".join(lines[:3]) + '{"source": "b.j')
     with open(tmp_path / "metadata.jsonl", "a") as fh:
         fh.write('{"file_name": "c_jpg_00.png", "sou')
-    (tmp_path / ".c_jpg_00.png.tmp").write_bytes(b"half an image")
+    (tmp_path / ".faceprep-tmp-c_jpg_00.png").write_bytes(b"half an image")
 
     with DatasetWriter(tmp_path) as w:
         assert w.done == {"a.jpg"}
+        assert not (tmp_path / "b_jpg_00.png").exists()  # ours, by the journal: removed to be redone
         assert len(w.duplicates) == 1
         w.write(_result("b.jpg", _face("b.jpg", 0, 2)))
 
     meta = _lines(tmp_path / "metadata.jsonl")
     assert [m["file_name"] for m in meta] == ["a_jpg_00.png", "b_jpg_00.png"]
-    assert [j["source"] for j in _lines(journal)] == ["a.jpg", "b.jpg"]
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert [j["source"] for j in _lines(journal) if "faces" in j] == ["a.jpg", "b.jpg"]
+    assert not list(tmp_path.glob(".faceprep-tmp-*"))
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["a_jpg_00.png", "b_jpg_00.png"]
 
 
-def test_orphan_images_are_only_removed_in_a_dataset_folder(tmp_path: Path) -> None:
-    (tmp_path / "holiday_01.png").write_bytes(b"user data")  # DST without a journal: never touched
+def test_repair_deletes_only_files_in_its_own_record(tmp_path: Path) -> None:
+    """Names like a crop's (``holiday_01.jpg``, ``DSC_0001.jpg``) that faceprep did not write survive."""
+    users = {"holiday_01.png": b"user 1", "DSC_0001.jpg": b"user 2", "x_jpg_00.png": b"user 3"}
+    for name, data in users.items():
+        (tmp_path / name).write_bytes(data)
+    for _ in range(3):  # a new dataset, then resumes (the old code deleted these on the first resume)
+        with DatasetWriter(tmp_path) as w:
+            w.write(_result("a.jpg", _face("a.jpg", 0, 1)))
+    assert {n: (tmp_path / n).read_bytes() for n in users} == users
+
+
+def test_a_crop_name_taken_by_a_users_file_is_not_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "a_jpg_00.png").write_bytes(b"the user's own file")
+    with DatasetWriter(tmp_path) as w:
+        written = w.write(_result("a.jpg", _face("a.jpg", 0, 1)))
+    assert written == [] and (tmp_path / "a_jpg_00.png").read_bytes() == b"the user's own file"
+    (err,) = _lines(tmp_path / "errors.jsonl")
+    assert err["source"] == "a.jpg" and "was not written by faceprep: not overwritten" in err["reason"]
+
+
+def test_a_folder_with_someone_elses_metadata_is_refused(tmp_path: Path) -> None:
+    from faceprep.dataset import DatasetError
+
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "mine.png"}\n')
+    with pytest.raises(DatasetError, match="is not a faceprep dataset"):
+        DatasetWriter(tmp_path).open()
+    assert (tmp_path / "metadata.jsonl").read_text() == '{"file_name": "mine.png"}\n'
+
+
+def test_crops_deleted_by_hand_are_recorded_and_stay_deleted(tmp_path: Path) -> None:
+    with DatasetWriter(tmp_path) as w:
+        w.write(_result("a.jpg", _face("a.jpg", 0, 1), _face("a.jpg", 1, 2)))
+        w.write(_result("b.jpg", _face("b.jpg", 0, 3)))
+    (tmp_path / "a_jpg_01.png").unlink()  # manual curation
+    with DatasetWriter(tmp_path) as w:
+        assert [r["file_name"] for r in w.deleted_by_hand] == ["a_jpg_01.png"]
+        assert w.write(_result("a.jpg", _face("a.jpg", 1, 2))) == []  # the source stays done
+        sheet = w.finish()
+    assert [m["file_name"] for m in _lines(tmp_path / "metadata.jsonl")] == ["a_jpg_00.png", "b_jpg_00.png"]
+    (gone,) = _lines(tmp_path / "deleted.jsonl")
+    assert gone["file_name"] == "a_jpg_01.png" and gone["source"] == "a.jpg" and "deleted_found" in gone
+    assert sheet is not None and Image.open(sheet).size == (2 * 130 + 2, 132)  # the two crops left
+    with DatasetWriter(tmp_path) as w:  # recorded once, not again on every run
+        assert w.deleted_by_hand == []
+    assert len(_lines(tmp_path / "deleted.jsonl")) == 1
+
+
+def test_contact_sheet_skips_a_crop_deleted_since_the_record(tmp_path: Path) -> None:
+    from faceprep.dataset import write_contact_sheet
+
     with DatasetWriter(tmp_path) as w:
         w.write(_result("a.jpg", _face("a.jpg", 0, 1)))
-    assert (tmp_path / "holiday_01.png").exists()
+        w.write(_result("b.jpg", _face("b.jpg", 0, 2)))
+    (tmp_path / "b_jpg_00.png").unlink()
+    sheet = write_contact_sheet(tmp_path, thumb=32)
+    assert sheet is not None and Image.open(sheet).size == (36, 36)
+
+
+def test_a_non_utf8_source_name_is_recorded_losslessly(tmp_path: Path) -> None:
+    name = os.fsdecode(b"caf\xe9.jpg")  # as os.walk returns a Latin-1 name on a UTF-8 system
+    with DatasetWriter(tmp_path) as w:
+        w.write(_result(name, _face(name, 0, 1)))
+        w.write(_result("next.jpg", _face("next.jpg", 0, 2)))  # the batch goes on
+    with DatasetWriter(tmp_path) as w:
+        assert w.done == {name, "next.jpg"}  # read back exactly: a re-run skips it
+    meta = _lines(tmp_path / "metadata.jsonl")
+    assert meta[0]["source"] == name and (tmp_path / meta[0]["file_name"]).is_file()
+    assert meta[0]["file_name"].isascii()
+
+
+def test_second_writer_on_one_folder_is_refused_and_names_the_holder(tmp_path: Path) -> None:
+    from faceprep.run_lock import DatasetLockedError
+
+    with DatasetWriter(tmp_path) as w:
+        w.write(_result("a.jpg", _face("a.jpg", 0, 1)))
+        with pytest.raises(DatasetLockedError, match=rf"in use by another faceprep run \(pid {os.getpid()} "):
+            DatasetWriter(tmp_path).open()
+    with DatasetWriter(tmp_path) as w:  # released on close
+        assert w.done == {"a.jpg"}
+    assert len(_lines(tmp_path / "metadata.jsonl")) == 1
 
 
 # --- the real CLI ----------------------------------------------------------------------------------
@@ -155,11 +235,11 @@ def _args(src: Path, dst: Path, model: Path, workers: int = 1) -> list[str]:
 
 def _check_consistent(dst: Path) -> list[str]:
     """No temp files, no duplicate lines, metadata and image files match exactly; returns file names."""
-    assert not list(dst.glob(".*.tmp"))
+    assert not list(dst.glob(".faceprep-tmp-*"))
     names = [m["file_name"] for m in _lines(dst / "metadata.jsonl")]
     assert len(names) == len(set(names))
     assert sorted(p.name for p in dst.glob("*.png")) == sorted(names)
-    sources = [j["source"] for j in _lines(dst / "done.jsonl")]
+    sources = [j["source"] for j in _lines(dst / "done.jsonl") if "faces" in j]
     assert len(sources) == len(set(sources))
     for name in ("metadata.jsonl", "rejected.jsonl", "errors.jsonl", "done.jsonl"):
         path = dst / name
@@ -205,7 +285,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(src: Path, tmp_path: Path, 
         os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its worker processes, no clean-up
     finally:
         proc.wait(timeout=30)
-    interrupted = len(_lines(dst / "done.jsonl"))
+    interrupted = sum("faces" in j for j in _lines(dst / "done.jsonl"))
     assert 0 < interrupted < len(RESUME_PHOTOS)
 
     resumed = CliRunner().invoke(main, _args(src, dst, scrfd_model))
