@@ -13,13 +13,14 @@ import ast
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from diffengine.checkpoint import CheckpointError
+from diffengine.checkpoint import CheckpointError, CheckpointWarning
 from diffengine.config import PRESETS
 from diffengine.data import DataCheckError, DataError
 from diffengine.evaluate_cli import eval_command
@@ -58,11 +59,22 @@ PRESET_OPTION = click.option(
 
 @contextlib.contextmanager
 def _user_errors() -> Iterator[None]:
-    """Show errors whose message already says what and where as "Error: ..." (exit 1), not a traceback."""
-    try:
-        yield
-    except USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from exc
+    """Show errors whose message already says what and where as "Error: ..." (exit 1), not a traceback,
+    and a skipped damaged checkpoint as one "Warning: ..." line on stderr."""
+    with warnings.catch_warnings():  # restores ``showwarning`` on exit
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, CheckpointWarning):
+                click.echo(f"Warning: {message}", err=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = show
+        try:
+            yield
+        except USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from exc
 
 
 @click.group()

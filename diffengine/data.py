@@ -19,6 +19,7 @@ import json
 import os
 import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from faceprep.imageio import DEFAULT_MAX_PIXELS
+
+MAX_PIXELS = DEFAULT_MAX_PIXELS  # larger images are refused before decoding (as faceprep does)
+ZIP_ERRORS = (OSError, EOFError, KeyError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 FEW_IMAGES = 1000  # below this many images a diffusion model memorises: warn
 
@@ -45,12 +50,17 @@ class ImageSource:
     is_zip: bool
 
     def read_bytes(self, name: str, archive: zipfile.ZipFile | None = None) -> bytes:
-        if self.is_zip:
-            if archive is None:
-                with zipfile.ZipFile(self.path) as zf:
-                    return zf.read(name)
-            return archive.read(name)
-        return (self.path / name).read_bytes()
+        """The file's bytes; DataError naming ``folder/name`` or ``zip!name`` when it cannot be read
+        (missing, permissions, a zip entry with a bad CRC or damaged compressed data...)."""
+        try:
+            if self.is_zip:
+                if archive is None:
+                    with zipfile.ZipFile(self.path) as zf:
+                        return zf.read(name)
+                return archive.read(name)
+            return (self.path / name).read_bytes()
+        except ZIP_ERRORS as exc:
+            raise DataError(f"{self.describe(name)}: cannot read ({exc})") from exc
 
     def describe(self, name: str) -> str:
         return f"{self.path}!{name}" if self.is_zip else str(self.path / name)
@@ -68,8 +78,11 @@ def open_source(path: str | os.PathLike[str]) -> ImageSource:
     if root.is_file():
         if not zipfile.is_zipfile(root):
             raise DataError(f"{root}: not a folder or a .zip file")
-        with zipfile.ZipFile(root) as zf:
-            names = sorted(n for n in zf.namelist() if not n.endswith("/") and _is_image(n))
+        try:
+            with zipfile.ZipFile(root) as zf:
+                names = sorted(n for n in zf.namelist() if not n.endswith("/") and _is_image(n))
+        except ZIP_ERRORS as exc:
+            raise DataError(f"{root}: damaged zip file ({exc})") from exc
         if not names:
             raise DataError(f"{root}: the zip holds no images ({', '.join(IMAGE_EXTS)})")
         return ImageSource(root, tuple(names), is_zip=True)
@@ -86,19 +99,46 @@ def open_source(path: str | os.PathLike[str]) -> ImageSource:
 
 
 def _names_from_metadata(meta: Path) -> list[str]:
+    """``file_name`` of every line; each must name a file inside the folder (symlinks resolved)."""
+    root = meta.parent.resolve()
     names: list[str] = []
-    for lineno, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        raw = meta.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{meta}: cannot read ({exc})") from exc
+    for lineno, chunk in enumerate(raw.splitlines(), 1):
+        try:
+            line = chunk.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{meta}:{lineno}: not UTF-8 text (byte 0x{chunk[exc.start]:02x} at column {exc.start + 1})"
+            ) from exc
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            names.append(str(record["file_name"]))
+            name = str(record["file_name"])
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise DataError(f"{meta}:{lineno}: not a JSON object with 'file_name' ({exc})") from exc
+        if not _inside(root, name):
+            raise DataError(
+                f"{meta}:{lineno}: file_name {name!r} points outside the dataset folder {meta.parent}"
+            )
+        names.append(name)
     missing = [n for n in names if not (meta.parent / n).is_file()]
     if missing:
         raise DataError(f"{meta}: {len(missing)} listed file(s) missing, e.g. {meta.parent / missing[0]}")
     return names
+
+
+def _inside(root: Path, name: str) -> bool:
+    """Whether relative ``name`` resolves (symlinks followed) to a path inside resolved ``root``."""
+    if not name or "\x00" in name or Path(name).is_absolute() or Path(name).drive:
+        return False
+    try:
+        return (root / name).resolve().is_relative_to(root)
+    except (OSError, RuntimeError, ValueError):  # symlink loops, odd names
+        return False
 
 
 def heldout_split(names: Sequence[str], fraction: float = 0.1) -> tuple[list[str], list[str]]:
@@ -125,12 +165,24 @@ def split_names(names: Sequence[str], split: str, fraction: float) -> list[str]:
 
 
 def decode_image(data: bytes, resolution: int, where: str) -> torch.Tensor:
-    """Decode, centre-crop to a square and resize (antialiased). Returns (3, R, R) uint8."""
+    """Decode, centre-crop to a square and resize (antialiased). Returns (3, R, R) uint8.
+
+    Images over ``MAX_PIXELS`` (read from the header, before decoding) and decompression bombs are a
+    DataError, like undecodable data."""
     try:
         opened = Image.open(io.BytesIO(data))
+        w, h = opened.size
+        if w * h > MAX_PIXELS:
+            raise DataError(
+                f"{where}: image too large ({w}x{h} = {w * h} pixels > {MAX_PIXELS}; decompression bomb?)"
+            )
         opened.draft("RGB", (resolution, resolution))  # JPEG: decode at a reduced scale >= resolution
         img = opened.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{where}: decompression bomb refused ({exc})") from exc
+    except (UnidentifiedImageError, OSError, ValueError, EOFError, SyntaxError) as exc:
+        if isinstance(exc, DataError):
+            raise
         raise DataError(f"{where}: cannot read image ({exc})") from exc
     w, h = img.size
     side = min(w, h)
@@ -154,18 +206,19 @@ def load_images(
 
         def work(i: int) -> None:
             name = names[i]
-            try:
-                data = source.read_bytes(name, archive)
-            except OSError as exc:
-                raise DataError(f"{source.describe(name)}: cannot read ({exc})") from exc
-            out[i] = decode_image(data, resolution, source.describe(name))
+            out[i] = decode_image(source.read_bytes(name, archive), resolution, source.describe(name))
 
-        if source.is_zip:  # ZipFile reads share one file handle: stay sequential
-            for i in range(len(names)):
-                work(i)
-        else:
-            with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-                list(pool.map(work, range(len(names))))
+        # PIL warns about huge images (and refuses twice its limit); decode_image refuses them itself,
+        # naming the file. Set here in the calling thread, around the whole pool: the warnings filters
+        # are process-global.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if source.is_zip:  # ZipFile reads share one file handle: stay sequential
+                for i in range(len(names)):
+                    work(i)
+            else:
+                with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+                    list(pool.map(work, range(len(names))))
     finally:
         if archive is not None:
             archive.close()

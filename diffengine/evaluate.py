@@ -290,12 +290,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
     """FID and KID vs NFE, one line per sampler (log-x)."""
-    import matplotlib
+    from matplotlib.figure import Figure  # the object API: the caller's backend is left alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for metric, ax in zip(("fid", "kid"), axes, strict=True):
         for name in dict.fromkeys(r["sampler"] for r in rows):
             pts = sorted((r["nfe"], r[metric]) for r in rows if r["sampler"] == name and metric in r)
@@ -309,7 +307,6 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> N
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def kid_during_training(

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from diffengine.data import DataError
+from diffengine.distributed import pick_device
 from diffengine.metrics.inception import InceptionWeightsError, load_inception
 
 __all__ = ["eval_command"]
@@ -62,7 +63,12 @@ def _ints(value: str) -> list[int]:
 )
 @click.option("--samplers", default="euler,heun,dpmpp2m,ddim", show_default=True, help="Sweep samplers.")
 @click.option("--nfe", "nfes", default="10,20,50", show_default=True, help="Sweep NFE targets.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (CUDA when there is one, else CPU: as train and sample) | cpu | cuda | cuda:1 ...",
+)
 @click.option(
     "--weights",
     default=None,
@@ -102,6 +108,7 @@ def eval_command(
     unknown = [s for s in names if s not in SAMPLERS]
     if unknown:
         raise click.BadParameter(f"unknown sampler(s) {unknown}; choose from {', '.join(SAMPLERS)}")
+    device = str(pick_device(0, device))  # "auto" resolves like train and sample
     try:
         extractor = load_inception(weights, device=device)
         if do_sweep:

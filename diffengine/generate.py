@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
-from diffengine.checkpoint import CheckpointError, load_checkpoint
+from diffengine.checkpoint import CheckpointError, load_checkpoint, read_tensors
 from diffengine.config import Preset, config_from_dict
 from diffengine.data import to_uint8
 from diffengine.networks.unet import UNet
@@ -38,13 +37,15 @@ def load_run(
     and the preset it was trained with (network shape, formulation, default sampler)."""
     run = Path(run_dir)
     ckpt_dir = run / "checkpoints" if (run / "checkpoints").is_dir() else run
-    ckpt = load_checkpoint(ckpt_dir, tensors=False)  # the record only: read just the weights used below
+    # The record only (every file checked; a damaged newest checkpoint is skipped with a warning):
+    # read just the weights used below.
+    ckpt = load_checkpoint(ckpt_dir, tensors=False)
     preset: Preset = config_from_dict(ckpt.state["preset"])
     weights = ckpt.path / ("ema.safetensors" if use_ema else "model.safetensors")
     if use_ema and not weights.is_file():
         raise CheckpointError(f"{ckpt.path}: no EMA weights saved (use the raw weights: use_ema=False)")
     denoiser = build_denoiser(preset)
-    denoiser.net.load_state_dict(load_file(str(weights)))
+    denoiser.net.load_state_dict(read_tensors(weights))
     return denoiser.to(device).eval(), preset
 
 

@@ -34,6 +34,7 @@ from diffengine import distributed
 from diffengine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    recover,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -43,7 +44,7 @@ from diffengine.data import BatchStream, DataCheckError, check_batch, load_datas
 from diffengine.ema import EMA
 from diffengine.generate import build_denoiser, generate, save_grid
 from diffengine.loss import diffusion_loss
-from diffengine.plots import plot_losses, read_log
+from diffengine.plots import drop_partial_line, plot_losses, read_log
 from diffengine.precond import Denoiser
 
 Precision = Literal["auto", "bf16", "fp32", "fp16"]
@@ -259,13 +260,16 @@ def train(cfg: TrainConfig, eval_fn: EvalFn | None = None) -> TrainResult:
 
     # ---- resume -----------------------------------------------------------------------------------
     step = 0
+    if main:
+        recover(ckpt_dir)  # what a killed save left: an aside copy put back, .tmp-* litter removed
+    distributed.barrier(dist)
     if not cfg.resume and latest_checkpoint(ckpt_dir) is not None:
         raise FileExistsError(f"{out} already holds checkpoints: pass --resume to continue, or another --out")
     if cfg.resume:
-        found = latest_checkpoint(ckpt_dir)
-        if found is None:
+        if latest_checkpoint(ckpt_dir) is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
-        ckpt = load_checkpoint(found)
+        ckpt = load_checkpoint(ckpt_dir)  # the newest intact one: a damaged newer one is skipped (warning)
+        found = ckpt.path
         saved_unet = ckpt.state["preset"]["unet"]
         if saved_unet != config_to_dict(preset.unet):
             raise ValueError(f"--resume: {found} was trained with a different network ({saved_unet})")
@@ -308,6 +312,9 @@ def train(cfg: TrainConfig, eval_fn: EvalFn | None = None) -> TrainResult:
     buckets = SigmaBuckets(sigma_edges(form.sigma_min, form.sigma_max), device)
     log_path = out / "log.jsonl"
     if main:
+        dropped = drop_partial_line(log_path)
+        if dropped:
+            print(f"{log_path}: dropped a partial last line ({dropped} bytes) left by an interrupted run")
         (out / "config.json").write_text(
             json.dumps({"train": dataclasses.asdict(cfg), "preset": config_to_dict(preset)}, indent=2)
         )
