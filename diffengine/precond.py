@@ -16,12 +16,24 @@ every sampler (which only ever sees D) works with every formulation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
 Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class DenoiseFn(Protocol):
+    """The one denoiser type, ``D(x; σ)``: the denoised estimate of ``x`` at noise level ``sigma``.
+
+    ``sigma`` is a float32 tensor of shape (B,) on x's device (the samplers broadcast σ once, in
+    ``diffengine.samplers.denoise``); the result has x's shape. :class:`Denoiser` (a network inside a
+    formulation) is one, a closed-form ideal denoiser (tests, ``bench/solver_error.py``) another.
+    For ``kernels.cuda_graph.capture`` it must be capturable: no host sync, static shapes.
+    """
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, /) -> torch.Tensor: ...
 
 
 def _randn(batch: int, generator: torch.Generator | None, device: torch.device | str | None) -> torch.Tensor:
@@ -191,7 +203,8 @@ def as_sigma_batch(sigma: torch.Tensor | float, batch: int, device: torch.device
 
 
 class Denoiser(nn.Module):
-    """``D(x; σ) = c_skip·x + c_out·net(c_in·x, c_noise)`` for a network and a formulation.
+    """``D(x; σ) = c_skip·x + c_out·net(c_in·x, c_noise)`` for a network and a formulation: the
+    :class:`DenoiseFn` of a trained model (it also accepts a float or 0-d σ).
 
     The coefficients are computed in float32; the network runs in the dtype of its input (autocast
     applies as usual) and its output is promoted back to float32.
@@ -221,6 +234,7 @@ class Denoiser(nn.Module):
 __all__ = [
     "EDM",
     "FORMULATIONS",
+    "DenoiseFn",
     "Denoiser",
     "Formulation",
     "VPBase",

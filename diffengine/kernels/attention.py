@@ -7,30 +7,23 @@ block, another dQ per query block (no atomics, deterministic). Sequence lengths 
 multiple of the block are masked; head dims up to 128 (32/64/128 are the UNet's).
 
 Dispatch: ``F.scaled_dot_product_attention`` ships FlashAttention-2/cuDNN kernels that a plain Triton
-kernel rarely beats, so under ``auto`` SDPA is used unless the card is listed in
-``TRITON_ATTENTION_FASTER_ON`` (filled from ``bench/kernels.py`` measurements) or
-``DIFFENGINE_ATTENTION=triton``. On an H200 (torch 2.11, Triton 3.6) SDPA won at every size measured:
-the kernel ran at 0.37x / 0.48x / 0.59x SDPA's speed for N = 256 / 1024 / 4096 (D=64, bf16), so the
-list stays empty. A forced ``DIFFENGINE_KERNELS=triton`` always runs
-the kernel (tests, benchmarks).
+kernel rarely beats: on an H200 (torch 2.11, Triton 3.6) the kernel ran at 0.37x / 0.48x / 0.59x
+SDPA's speed for N = 256 / 1024 / 4096 (D=64, bf16), so ``backend.AUTO["attention"]`` is "never":
+``auto`` uses SDPA and only a forced ``DIFFENGINE_KERNELS=triton`` runs the kernel (tests, benchmarks).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from diffengine.kernels._triton import cdiv, kernel, next_pow2, tl
-from diffengine.kernels.backend import get_backend, interpreting, use_triton
+from diffengine.kernels.backend import interpreting, use_triton
 
 MAX_HEAD_DIM = 128
-# torch.cuda.get_device_name() values on which bench/kernels.py measured the kernel faster than SDPA.
-TRITON_ATTENTION_FASTER_ON: frozenset[str] = frozenset()
 _LOG2E = 1.4426950408889634
 
 
@@ -248,29 +241,12 @@ def attention_triton(
     return _FlashAttention.apply(q, k, v, block_m, block_n)
 
 
-def _prefer_triton(q: torch.Tensor) -> bool:
-    choice = os.environ.get("DIFFENGINE_ATTENTION", "auto").lower()
-    if choice not in ("auto", "sdpa", "triton"):
-        raise ValueError(f"DIFFENGINE_ATTENTION must be auto, sdpa or triton, not {choice!r}")
-    if choice != "auto":
-        return choice == "triton"
-    return q.is_cuda and _device_name(q.device.index) in TRITON_ATTENTION_FASTER_ON
-
-
-@functools.cache
-def _device_name(index: int | None) -> str:
-    """The card's name, read once rather than on every attention call."""
-    return torch.cuda.get_device_name(index)
-
-
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Softmax(q kᵀ / sqrt(d)) v. q, k, v: (B, heads, N, D); returns (B, heads, N, D).
 
-    Triton kernel when the backend is forced to ``triton``, or under ``auto`` where it can run and is
-    known to beat SDPA on this card; ``F.scaled_dot_product_attention`` otherwise.
+    Triton kernel where the backend policy allows (only when forced: ``backend.AUTO``),
+    ``F.scaled_dot_product_attention`` otherwise.
     """
-    if (get_backend() == "triton" or _prefer_triton(q)) and use_triton(
-        q, k, v, unsupported=_unsupported(q, k, v)
-    ):
+    if use_triton(q, k, v, op="attention", unsupported=_unsupported(q, k, v)):
         return attention_triton(q, k, v)
     return attention_reference(q, k, v)

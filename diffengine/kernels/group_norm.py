@@ -9,10 +9,11 @@ statistics (no activation is stored) and produces grads for x, weight, bias, sca
 
 Works on NCHW and channels_last memory (any layout whose H and W merge into one stride).
 
-Dispatch: under ``auto`` the kernel serves only calls that need no gradient (sampling, evaluation).
-``bench/kernels.py`` on an H200 (torch 2.11, Triton 3.6) measured the forward at 2.2x eager (96 vs
-213 us at 32x128x64x64 bf16), but forward + backward at 0.93x and a whole faces64 training step at
-0.82x, so training keeps PyTorch's ops. A forced ``DIFFENGINE_KERNELS=triton`` runs it everywhere.
+Dispatch: ``backend.AUTO["group_norm_silu"]`` is "no_grad": under ``auto`` the kernel serves only
+calls that need no gradient (sampling, evaluation). ``bench/kernels.py`` on an H200 (torch 2.11,
+Triton 3.6) measured the forward at 2.2x eager (96 vs 213 us at 32x128x64x64 bf16), but forward +
+backward at 0.93x and a whole faces64 training step at 0.82x, so training keeps PyTorch's ops. A
+forced ``DIFFENGINE_KERNELS=triton`` runs it everywhere.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from diffengine.kernels._triton import kernel, next_pow2, tl
-from diffengine.kernels.backend import get_backend, use_triton
+from diffengine.kernels.backend import use_triton
 
 MAX_TILE = 4096  # elements per tile; tests lower it to exercise the multi-tile loops
 
@@ -309,13 +310,6 @@ def group_norm_silu_triton(
     return _GroupNormSiLU.apply(x, weight, bias, scale, shift, num_groups, eps, silu)
 
 
-def _prefer_triton(tensors: list[torch.Tensor]) -> bool:
-    """Forced ``triton``, or ``auto`` on a call that needs no gradient (see the module docstring)."""
-    if get_backend() == "triton":
-        return True
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-
-
 def group_norm_silu(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -326,12 +320,12 @@ def group_norm_silu(
     eps: float = 1e-5,
     silu: bool = True,
 ) -> torch.Tensor:
-    """SiLU(GroupNorm(x) * (1 + scale) + shift), Triton where ``use_triton`` allows, else PyTorch.
+    """SiLU(GroupNorm(x) * (1 + scale) + shift), Triton where the backend policy allows, else PyTorch.
 
     x: (B, C, H, W) in NCHW or channels_last; weight, bias: (C,); scale, shift: (B, C) or None.
     Statistics are fp32 for every input dtype; the output has x's dtype and memory layout.
     """
     tensors = [t for t in (x, weight, bias, scale, shift) if t is not None]
-    if _prefer_triton(tensors) and use_triton(*tensors):
+    if use_triton(*tensors, op="group_norm_silu"):
         return group_norm_silu_triton(x, weight, bias, num_groups, scale, shift, eps, silu)
     return group_norm_silu_reference(x, weight, bias, num_groups, scale, shift, eps, silu)

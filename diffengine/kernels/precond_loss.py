@@ -1,11 +1,13 @@
-"""Training hot path around the network: fused noising and fused preconditioned, weighted loss.
+"""Fused preconditioned, weighted loss from the raw network output.
 
-``noise_input``: ``x_noisy = x + σ·n`` and ``net_in = c_in·x_noisy`` in one pass (2 reads, 2 writes).
 ``precond_loss``: ``weight · mean((c_skip·x_noisy + c_out·F − x)²)`` per sample in one pass over the
 batch (3 reads, a tiny partial-sum buffer); its backward to ``F`` is one more pass
 (3 reads, 1 write): ``dF = g·weight·c_out·2/M·(c_skip·x_noisy + c_out·F − x)``. Per-sample
 coefficients are (B,). Partial sums are reduced in a fixed order, so the loss is deterministic.
 Only ``net_out`` is differentiated (the other inputs are data and σ-functions).
+
+Dispatch: ``backend.AUTO["precond_loss"]`` is "never" (0.98x eager on an H200), so ``auto`` runs the
+PyTorch reference and only a forced ``DIFFENGINE_KERNELS=triton`` runs the kernel (``bench/kernels.py``).
 """
 
 from __future__ import annotations
@@ -32,15 +34,6 @@ def precond_loss_reference(
     return weight * (denoised - x_clean).square().flatten(1).mean(1)
 
 
-def noise_input_reference(
-    x_clean: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, c_in: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_noisy, net_in) = (x + σ·n, c_in·(x + σ·n)); sigma, c_in: (B,)."""
-    shape = (-1,) + (1,) * (x_clean.ndim - 1)
-    x_noisy = x_clean + sigma.view(shape) * noise
-    return x_noisy, c_in.view(shape) * x_noisy
-
-
 @kernel
 def _loss_kernel(  # type: ignore[no-untyped-def]
     F, XN, X0, CSKIP, COUT, COEF, OUT, M, n_chunks, BACKWARD: tl.constexpr, BLOCK: tl.constexpr
@@ -60,22 +53,6 @@ def _loss_kernel(  # type: ignore[no-untyped-def]
     else:  # this chunk's partial sum of r²
         r = tl.where(mask, r, 0.0)
         tl.store(OUT + b * n_chunks + chunk, tl.sum(r * r, axis=0))
-
-
-@kernel
-def _noise_kernel(  # type: ignore[no-untyped-def]
-    X0, NOISE, SIGMA, CIN, XN, NET_IN, M, BLOCK: tl.constexpr
-):
-    b = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < M
-    base = b.to(tl.int64) * M
-    x0 = tl.load(X0 + base + offs, mask=mask, other=0.0).to(tl.float32)
-    n = tl.load(NOISE + base + offs, mask=mask, other=0.0).to(tl.float32)
-    xn = x0 + tl.load(SIGMA + b).to(tl.float32) * n
-    tl.store(XN + base + offs, xn.to(XN.dtype.element_ty), mask=mask)
-    net_in = tl.load(CIN + b).to(tl.float32) * xn
-    tl.store(NET_IN + base + offs, net_in.to(NET_IN.dtype.element_ty), mask=mask)
 
 
 def _rows(t: torch.Tensor) -> tuple[int, int]:
@@ -153,24 +130,6 @@ def precond_loss(
     tensors = (net_out, x_noisy, x_clean, c_skip, c_out, weight)
     if net_out.shape != x_noisy.shape or net_out.shape != x_clean.shape:
         raise ValueError(f"shapes differ: {net_out.shape}, {x_noisy.shape}, {x_clean.shape}")
-    if use_triton(*tensors, unsupported=_no_grad_reason(*tensors[1:])):
+    if use_triton(*tensors, op="precond_loss", unsupported=_no_grad_reason(*tensors[1:])):
         return _PrecondLoss.apply(*tensors)
     return precond_loss_reference(*tensors)
-
-
-def noise_input(
-    x_clean: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, c_in: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_noisy, net_in) = (x + σ·n, c_in·(x + σ·n)) in one pass; sigma, c_in: (B,). No gradient."""
-    if x_clean.shape != noise.shape:
-        raise ValueError(f"x_clean {tuple(x_clean.shape)} and noise {tuple(noise.shape)} differ")
-    tensors = (x_clean, noise, sigma, c_in)
-    if not use_triton(*tensors, unsupported=_no_grad_reason(*tensors)):
-        return noise_input_reference(*tensors)
-    x0 = flat_dense(x_clean)
-    n = dense_like(noise, x0)
-    b, m = _rows(x0)
-    sigma, c_in = _per_sample(sigma, c_in, batch=b)
-    x_noisy, net_in = torch.empty_like(x0), torch.empty_like(x0)
-    _noise_kernel[(b, cdiv(m, BLOCK))](x0, n, sigma, c_in, x_noisy, net_in, m, BLOCK=BLOCK)
-    return x_noisy, net_in

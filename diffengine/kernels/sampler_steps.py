@@ -1,15 +1,18 @@
-"""Fused sampler updates: Euler, Heun's correction and DPM-Solver++(2M), one elementwise kernel each.
+"""Fused sampler updates, one elementwise kernel each: Euler, Heun's correction, DPM-Solver++(2M) and
+``weighted_sum`` (Σ wᵢ·tᵢ over up to five tensors: the multistep and stochastic updates).
 
-σ values may be Python floats or 0-d/1-element tensors on the device. Tensor σ are read inside the
-kernel, so a step never synchronises with the host and a whole loop can be captured in a CUDA graph
-(see ``cuda_graph.py``). Coefficients are computed in fp32 in the kernel, every tensor is read once
-and the result written once. Sampling runs without gradients; an input that requires grad uses the
-PyTorch reference (or raises under a forced ``triton`` backend).
+σ values may be Python floats or 0-d/1-element tensors on the device (read inside the kernel, so a
+step never synchronises with the host); ``diffengine.samplers`` passes floats, which a CUDA graph
+records as kernel arguments (``cuda_graph.capture``). Coefficients are computed in fp32 in the kernel,
+every tensor is read once and the result written once. Sampling runs without gradients
+(``backend.AUTO["sampler_steps"]`` is "no_grad"); an input that requires grad uses the PyTorch
+reference (or raises under a forced ``triton`` backend).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -18,6 +21,7 @@ from diffengine.kernels.backend import use_triton
 
 Sigma = float | torch.Tensor
 BLOCK = 2048
+MAX_TERMS = 5  # tensors one ``weighted_sum`` kernel reads (iPNDM's x and four derivatives)
 
 
 # --- PyTorch references (also the fallback); σ may be floats or tensors ---------------------------
@@ -81,6 +85,16 @@ def dpmpp2m_step_reference(
     ratio, c1, c2 = _dpm_coefficients(sigma, sigma_next, sigma_prev)
     d = denoised if old_denoised is None else c1 * denoised + c2 * old_denoised
     return ratio * x + (1 - ratio) * d
+
+
+def weighted_sum_reference(weights: Sequence[float], tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ wᵢ·tᵢ (float weights, tensors of one shape), accumulated in at least fp32, returned in the first
+    tensor's dtype."""
+    acc = torch.promote_types(tensors[0].dtype, torch.float32)
+    out = weights[0] * tensors[0].to(acc)
+    for w, t in zip(weights[1:], tensors[1:], strict=True):
+        out = out + w * t.to(acc)
+    return out.to(tensors[0].dtype)
 
 
 # --- Triton kernels ---------------------------------------------------------------------------------
@@ -151,6 +165,24 @@ def _dpmpp2m_kernel(  # type: ignore[no-untyped-def]
     tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
 
+@kernel
+def _weighted_sum_kernel(  # type: ignore[no-untyped-def]
+    T0, T1, T2, T3, T4, OUT, n, w0, w1, w2, w3, w4, TERMS: tl.constexpr, BLOCK: tl.constexpr
+):  # fmt: skip
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    acc = w0 * tl.load(T0 + offs, mask=mask).to(tl.float32)
+    if TERMS > 1:
+        acc += w1 * tl.load(T1 + offs, mask=mask).to(tl.float32)
+    if TERMS > 2:
+        acc += w2 * tl.load(T2 + offs, mask=mask).to(tl.float32)
+    if TERMS > 3:
+        acc += w3 * tl.load(T3 + offs, mask=mask).to(tl.float32)
+    if TERMS > 4:
+        acc += w4 * tl.load(T4 + offs, mask=mask).to(tl.float32)
+    tl.store(OUT + offs, acc.to(OUT.dtype.element_ty), mask=mask)
+
+
 # --- launch and dispatch ----------------------------------------------------------------------------
 
 
@@ -176,7 +208,9 @@ def _unsupported(*tensors: torch.Tensor, sigmas: tuple[Sigma | None, ...]) -> st
 
 def _dispatch(tensors: tuple[torch.Tensor, ...], sigmas: tuple[Sigma | None, ...]) -> bool:
     sigma_tensors = [s for s in sigmas if isinstance(s, torch.Tensor)]
-    return use_triton(*tensors, *sigma_tensors, unsupported=_unsupported(*tensors, sigmas=sigmas))
+    return use_triton(
+        *tensors, *sigma_tensors, op="sampler_steps", unsupported=_unsupported(*tensors, sigmas=sigmas)
+    )
 
 
 def _launch(
@@ -234,3 +268,25 @@ def dpmpp2m_step(
         return dpmpp2m_step_reference(x, denoised, old_denoised, *sigmas)
     has_old = old_denoised is not None
     return _launch(_dpmpp2m_kernel, tensors if has_old else (*tensors, x), sigmas, HAS_OLD=has_old)
+
+
+def weighted_sum(weights: Sequence[float], tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ wᵢ·tᵢ in one pass (fp32 accumulation), for 1 to ``MAX_TERMS`` tensors of one shape and float
+    weights; the result has the first tensor's dtype and layout. The linear update of every multistep
+    solver (iPNDM, DPM-Solver++(3M)) and of the EDM sampler's noise injection is one such sum."""
+    if not 1 <= len(tensors) <= MAX_TERMS or len(weights) != len(tensors):
+        raise ValueError(
+            f"need 1 to {MAX_TERMS} tensors and one weight each, got {len(tensors)}, {len(weights)}"
+        )
+    ws = [float(w) for w in weights]
+    if not _dispatch(tuple(tensors), ()):
+        return weighted_sum_reference(ws, tensors)
+    first = flat_dense(tensors[0])
+    out = torch.empty_like(first)
+    n = first.numel()
+    ptrs = [first, *(dense_like(t, first) for t in tensors[1:])]
+    pad = MAX_TERMS - len(ptrs)
+    _weighted_sum_kernel[(cdiv(n, BLOCK),)](
+        *ptrs, *([first] * pad), out, n, *ws, *([0.0] * pad), TERMS=len(ptrs), BLOCK=BLOCK
+    )
+    return out

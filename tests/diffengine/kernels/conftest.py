@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
+from diffengine.kernels import backend
 from diffengine.kernels.backend import set_backend
 
 # dtype -> (atol, rtol) for outputs and gradients (gradients of reductions are scaled to O(1) by tests).
@@ -31,6 +32,14 @@ def triton_cpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     set_backend("triton")
     yield
     set_backend(None)
+
+
+@pytest.fixture
+def capable_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dispatch as if every input sat on a card Triton supports (compiled, not interpreted): what
+    ``backend.AUTO`` decides. Tests using it must replace the kernel path before calling the op."""
+    monkeypatch.setattr(backend, "_why_not", lambda tensors: None)
+    monkeypatch.setattr(backend, "interpreting", lambda: False)
 
 
 @pytest.fixture

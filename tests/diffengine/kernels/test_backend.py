@@ -1,15 +1,17 @@
-"""The one backend predicate, the dispatch of every public op, and GPU compilation of every kernel."""
+"""The one backend predicate and its table, the dispatch of every public op, and GPU compilation of every
+kernel."""
 
 from __future__ import annotations
 
 import importlib
 import multiprocessing
+import pathlib
 
 import pytest
 import torch
 
 import diffengine.kernels as K
-from diffengine.kernels import BackendUnavailableError, set_backend, use_triton
+from diffengine.kernels import AUTO, BackendUnavailableError, set_backend, use_triton
 from diffengine.kernels._triton import Kernel, compile_for_gpu
 
 OP_MODULES = ["group_norm", "attention", "precond_loss", "sampler_steps"]
@@ -23,10 +25,10 @@ def _call_every_op() -> None:
     ).sum().backward()
     K.attention(*(torch.randn(1, 1, 5, 16, requires_grad=True) for _ in range(3))).sum().backward()
     K.precond_loss(xg, x, x, torch.ones(2), torch.ones(2), torch.ones(2)).sum().backward()
-    K.noise_input(x, x, torch.ones(2), torch.ones(2))
     K.euler_step(x, x, 2.0, 1.0)
     K.heun_correct(x, x, x, x, 2.0, 1.0)
     K.dpmpp2m_step(x, x, x, 2.0, 1.0, 3.0)
+    K.weighted_sum((1.0, -0.5, 0.25), (x, x, x))
 
 
 def _kernels() -> list[Kernel]:
@@ -60,6 +62,38 @@ def test_torch_and_auto_on_cpu_run_the_reference(monkeypatch, backend) -> None: 
     _forbid_kernels(monkeypatch)
     assert not use_triton(torch.ones(2))
     _call_every_op()
+
+
+def test_every_op_has_one_auto_policy() -> None:
+    """The table is the policy: measured on an H200, GroupNorm without gradients only, attention and the
+    fused loss never, sampler steps without gradients (they have no backward)."""
+    assert AUTO == {
+        "group_norm_silu": "no_grad",
+        "attention": "never",
+        "precond_loss": "never",
+        "sampler_steps": "no_grad",
+    }
+    for module in OP_MODULES:
+        source = importlib.import_module(f"diffengine.kernels.{module}").__file__
+        assert source is not None
+        text = pathlib.Path(source).read_text()
+        assert "op=" in text, f"{module} dispatches without naming its AUTO row"
+        assert "os.environ" not in text and "get_backend" not in text, f"{module} has its own policy"
+
+
+@pytest.mark.parametrize(("op", "grad", "expected"), [
+    ("group_norm_silu", False, True), ("group_norm_silu", True, False),
+    ("attention", False, False), ("precond_loss", False, False),
+    ("sampler_steps", False, True), ("sampler_steps", True, False),
+])  # fmt: skip
+def test_auto_follows_the_table_on_a_capable_gpu(capable_gpu, op, grad, expected) -> None:  # type: ignore[no-untyped-def]
+    t = torch.ones(2, requires_grad=grad)
+    assert use_triton(t, op=op) is expected
+    set_backend("triton")
+    try:
+        assert use_triton(t, op=op)  # forced: the table does not apply
+    finally:
+        set_backend(None)
 
 
 def test_env_values_are_checked(monkeypatch) -> None:  # type: ignore[no-untyped-def]

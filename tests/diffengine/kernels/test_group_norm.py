@@ -124,11 +124,10 @@ def test_bad_bias_or_shift_shape_raises(triton_cpu) -> None:  # type: ignore[no-
     ],
 )
 def test_auto_uses_the_kernel_only_where_no_gradient_is_needed(  # type: ignore[no-untyped-def]
-    monkeypatch, backend, requires_grad, grad_mode, expected
+    monkeypatch, capable_gpu, backend, requires_grad, grad_mode, expected
 ) -> None:
-    """Dispatch as if on a capable GPU (``use_triton`` says yes unless forced off): which path runs."""
+    """Dispatch as if on a capable GPU (``backend.AUTO`` decides): which path runs."""
     calls: list[str] = []
-    monkeypatch.setattr(gn_module, "use_triton", lambda *t, **k: gn_module.get_backend() != "torch")
     monkeypatch.setattr(gn_module, "group_norm_silu_triton", lambda *a, **k: calls.append("triton"))
     monkeypatch.setattr(gn_module, "group_norm_silu_reference", lambda *a, **k: calls.append("torch"))
     x = torch.randn(2, 4, 3, 3, requires_grad=requires_grad)

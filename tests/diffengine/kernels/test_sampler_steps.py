@@ -1,23 +1,30 @@
-"""Fused sampler steps (Euler, Heun, DPM-Solver++(2M)) and the graph-capturable loop vs the references."""
+"""Fused sampler steps (Euler, Heun, DPM-Solver++(2M), weighted sums) vs the references, and
+``capture``: its eager path on the CPU for every deterministic sampler, the CUDA graph on a GPU."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 from diffengine.kernels import (
+    capture,
     dpmpp2m_step,
     euler_step,
     heun_correct,
     make_sampler,
     sampling_loop,
     set_backend,
+    weighted_sum,
 )
 from diffengine.kernels.sampler_steps import (
     dpmpp2m_step_reference,
     euler_step_reference,
     heun_correct_reference,
+    weighted_sum_reference,
 )
+from diffengine.samplers import DETERMINISTIC, SAMPLERS
 
 SIGMAS = [(14.6, 3.1, 20.0), (0.9, 0.0, 1.7), (2.0, 1.5, None)]  # (σ, σ_next, σ_prev): last step, first step
 
@@ -53,25 +60,55 @@ def test_nan_propagates(triton_cpu) -> None:  # type: ignore[no-untyped-def]
         assert torch.isnan(out[1, 2, 3, 1]) and torch.isfinite(out).sum() == out.numel() - 1
 
 
-@pytest.mark.parametrize("method", ["euler", "heun", "dpmpp2m"])
-def test_loop_same_on_both_backends_and_recovers_gaussian_mean(method) -> None:  # type: ignore[no-untyped-def]
-    # Data N(mu, s0²): the ideal denoiser is closed form, so the ODE maps noise to samples of the data.
-    mu, s0 = 0.7, 0.3
-    sigmas = torch.cat([torch.logspace(1.3, -2.0, 24), torch.zeros(1)])  # 20 → 0.01, then 0
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("terms", [1, 2, 3, 5])
+def test_weighted_sum_matches_reference(triton_cpu, close, dtype, terms) -> None:  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(terms)
+    tensors = [torch.randn(2, 3, 5, 7, generator=g).to(dtype) for _ in range(terms)]
+    weights = [1.0, -59 / 24, 37 / 24, 0.3, -9 / 24][:terms]
+    got = weighted_sum(weights, tensors)
+    close(got, weighted_sum_reference(weights, [t.double() for t in tensors]), dtype, f"{terms} terms")
+    assert got.dtype == dtype
 
+
+def test_weighted_sum_keeps_channels_last_and_checks_its_arguments(triton_cpu) -> None:  # type: ignore[no-untyped-def]
+    x = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    y = torch.randn(2, 3, 4, 5)
+    got = weighted_sum((2.0, -1.0), (x, y))
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, 2 * x - y)
+    with pytest.raises(ValueError, match="1 to 5 tensors"):
+        weighted_sum([1.0] * 6, [x] * 6)
+    with pytest.raises(ValueError, match="one weight each"):
+        weighted_sum((1.0,), (x, y))
+
+
+def _gaussian_denoiser(mu: float, s0: float):  # type: ignore[no-untyped-def]
+    # Data N(mu, s0²): the ideal denoiser is closed form, so the ODE maps noise to samples of the data.
     def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s2 = sigma.view(-1, 1, 1, 1) ** 2
         return (s0**2 * x + s2 * mu) / (s0**2 + s2)
 
+    return denoiser
+
+
+@pytest.mark.parametrize("name", sorted(DETERMINISTIC))
+def test_samplers_same_on_both_backends_and_recover_gaussian(name) -> None:  # type: ignore[no-untyped-def]
+    """Every deterministic sampler through ``capture``'s eager path (the CPU fallback) with PyTorch ops
+    equals the same sampler with every fused step run by the interpreted Triton kernels."""
+    mu, s0 = 0.7, 0.3
+    sigmas = torch.cat([torch.logspace(1.3, -2.0, 24), torch.zeros(1)])  # 20 → 0.01, then 0
+    denoiser = _gaussian_denoiser(mu, s0)
     noise = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 20.0
     set_backend("torch")
-    ref = make_sampler(denoiser, sigmas, tuple(noise.shape), method)(noise)  # CPU: eager fallback
-    import os
-
+    try:
+        ref = capture(SAMPLERS[name], denoiser, sigmas, tuple(noise.shape))(noise)  # CPU: eager
+    finally:
+        set_backend(None)
     os.environ["TRITON_INTERPRET"] = "1"
     try:
         set_backend("triton")
-        got = sampling_loop(denoiser, noise, sigmas, method)
+        got = SAMPLERS[name](denoiser, noise, sigmas)
     finally:
         set_backend(None)
         del os.environ["TRITON_INTERPRET"]
@@ -79,6 +116,50 @@ def test_loop_same_on_both_backends_and_recovers_gaussian_mean(method) -> None: 
     assert abs(ref.mean().item() - mu) < 0.05 and abs(ref.std().item() - s0) < 0.06
 
 
+def test_capture_eager_path_is_the_sampler_and_hands_it_host_sigmas() -> None:
+    seen: list[torch.Tensor] = []
+
+    def spy(model, x, sigmas, *, generator=None, callback=None):  # type: ignore[no-untyped-def]
+        seen.append(sigmas)
+        return SAMPLERS["ipndm"](model, x, sigmas)
+
+    sigmas = torch.tensor([10.0, 2.0, 0.5, 0.0])
+    denoiser = _gaussian_denoiser(0.1, 0.5)
+    x = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(1)) * 10
+    run = capture(spy, denoiser, sigmas, tuple(x.shape), graph=False)
+    assert torch.equal(run(x), SAMPLERS["ipndm"](denoiser, x, sigmas))
+    assert seen[0].device.type == "cpu" and seen[0].dtype == torch.float64  # no device sync per step
+
+
+def test_deprecated_aliases_still_run() -> None:
+    sigmas = torch.tensor([10.0, 1.0, 0.0])
+    denoiser = _gaussian_denoiser(0.0, 0.5)
+    x = torch.randn(2, 1, 2, 2)
+    expected = SAMPLERS["heun"](denoiser, x, sigmas)
+    assert torch.equal(sampling_loop(denoiser, x, sigmas, "heun"), expected)
+    assert torch.equal(make_sampler(denoiser, sigmas, tuple(x.shape), "heun")(x), expected)
+
+
 def test_graph_on_cpu_is_an_error() -> None:
     with pytest.raises(ValueError, match="CUDA"):
-        make_sampler(lambda x, s: x, torch.tensor([1.0, 0.0]), (1, 1, 2, 2), graph=True)
+        capture(SAMPLERS["euler"], lambda x, s: x, torch.tensor([1.0, 0.0]), (1, 1, 2, 2), graph=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", sorted(DETERMINISTIC))
+def test_graph_matches_eager_on_cuda(name) -> None:  # type: ignore[no-untyped-def]
+    """The captured loop (static input buffer, whole loop in one graph) replays the eager result, and a
+    second input through the same graph gives that input's result (the buffer really is the input)."""
+    dev = torch.device("cuda")
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1).to(dev).eval()
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        c = 1 / (sigma.view(-1, 1, 1, 1) ** 2 + 0.25)
+        return 0.25 * c * x + 0.1 * torch.tanh(conv(x * c.sqrt()))
+
+    sigmas = torch.cat([torch.logspace(1.9, -2.7, 10), torch.zeros(1)]).to(dev)
+    run = capture(SAMPLERS[name], denoiser, sigmas, (4, 3, 8, 8))
+    for seed in (0, 1):
+        x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(seed)).to(dev) * 80
+        torch.testing.assert_close(run(x), SAMPLERS[name](denoiser, x, sigmas), atol=1e-4, rtol=1e-4)
