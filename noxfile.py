@@ -40,7 +40,7 @@ def _shared_env() -> dict[str, str]:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the whole test suite on the CPU (Triton kernels under its interpreter)."""
-    _install(session, "triton", "test")
+    _install(session, "triton", "test", "ray")
     session.run("pytest", "-n", "2", "--dist", "loadfile", *session.posargs, env=_shared_env())
 
 

@@ -2,7 +2,7 @@
 # Install headless Chromium and its WebDriver for the review page's browser tests
 # (tests/faceprep/test_review_browser.py) and bench/review_page.py. Idempotent: does nothing when both
 # are already there. Debian/Ubuntu only (apt-get); elsewhere it says so and exits 0, and the browser
-# tests skip with the reason. Selenium itself comes from the project's review-test extra.
+# tests skip with the reason. Selenium itself comes from the project's test extra.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }

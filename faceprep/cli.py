@@ -81,6 +81,34 @@ def _threshold_option(flag: str, kind: type[float] | type[int], default: float |
 _DEFAULTS = FilterThresholds()
 
 
+def _threshold_options(command: Any) -> Any:
+    """The filter thresholds as options of ``crop`` and ``refilter``, named like FilterThresholds fields."""
+    options = [
+        click.option(
+            "--min-score",
+            type=OptionalNumber(float, words=(DETECTOR_DEFAULT,)),
+            default=_DEFAULTS.min_score,
+            show_default=True,
+            help="Minimum detection score; 'detector': the detector's own default (SCRFD 0.6, YuNet 0.8).",
+        ),
+        _threshold_option(
+            "--min-eye-dist", float, _DEFAULTS.min_eye_dist, "Minimum eye distance in source px."
+        ),
+        _threshold_option(
+            "--max-filled", float, _DEFAULTS.max_filled, "Maximum filled fraction of the crop."
+        ),
+        _threshold_option("--min-blur", float, _DEFAULTS.min_blur, "Minimum sharpness (Laplacian variance)."),
+        _threshold_option("--max-yaw", float, _DEFAULTS.max_yaw, "Maximum |yaw| in degrees."),
+        _threshold_option("--max-roll", float, _DEFAULTS.max_roll, "Maximum |roll| in degrees."),
+        _threshold_option(
+            "--dedup-distance", int, _DEFAULTS.dedup_distance, "Near-duplicate phash distance."
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="faceprep-diffengine", message="faceprep %(version)s")
 def main() -> None:
@@ -118,19 +146,7 @@ def main() -> None:
     help="folder: HF imagefolder; zip: EDM/StyleGAN dataset_tool zip; wds: WebDataset tar shards.",
 )
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True)
-@click.option(
-    "--min-score",
-    type=OptionalNumber(float, words=(DETECTOR_DEFAULT,)),
-    default=_DEFAULTS.min_score,
-    show_default=True,
-    help="Minimum detection score; 'detector': the detector's own default (SCRFD 0.6, YuNet 0.8).",
-)
-@_threshold_option("--min-eye-dist", float, _DEFAULTS.min_eye_dist, "Minimum eye distance in source px.")
-@_threshold_option("--max-filled", float, _DEFAULTS.max_filled, "Maximum filled fraction of the crop.")
-@_threshold_option("--min-blur", float, _DEFAULTS.min_blur, "Minimum sharpness (Laplacian variance).")
-@_threshold_option("--max-yaw", float, _DEFAULTS.max_yaw, "Maximum |yaw| in degrees.")
-@_threshold_option("--max-roll", float, _DEFAULTS.max_roll, "Maximum |roll| in degrees.")
-@_threshold_option("--dedup-distance", int, _DEFAULTS.dedup_distance, "Near-duplicate phash distance.")
+@_threshold_options
 @click.option("--no-rotation-fix", is_flag=True, help="Do not re-detect on derotated photos.")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Crop size factor (aligner).")
 @click.option("--no-rotate", is_flag=True, help="Keep crops axis-aligned (aligner).")
@@ -145,6 +161,14 @@ def main() -> None:
 )
 @click.option("--align-opt", multiple=True, type=StageOption(), metavar="KEY=VALUE", help="Aligner option.")
 @click.option("--fill-opt", multiple=True, type=StageOption(), metavar="KEY=VALUE", help="Fill option.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: a process pool; ray: Ray Data actors (pip install 'faceprep-diffengine[ray]').",
+)
+@click.option("--ray-address", default=None, help="Ray cluster to join (e.g. auto); default: a local Ray.")
 def crop(
     src: Path,
     dst: Path,
@@ -166,6 +190,8 @@ def crop(
     detector_opt: tuple[tuple[str, Any], ...],
     align_opt: tuple[tuple[str, Any], ...],
     fill_opt: tuple[tuple[str, Any], ...],
+    engine: str,
+    ray_address: str | None,
     **filter_thresholds: Any,
 ) -> None:
     """Detect, align, filter and write every face found under SRC into the dataset folder DST.
@@ -215,7 +241,10 @@ def crop(
         options=options,
         detector=identity,
         output=OutputFormat(output_kind),
+        src=src if src.is_dir() else src.parent,
     )
+    if engine == "ray" and (reason := _ray_unavailable()):
+        raise click.UsageError(reason)
     start = time.perf_counter()
     try:
         writer.open()
@@ -240,7 +269,12 @@ def crop(
         n_workers = min(workers or os.cpu_count() or 1, max(1, len(todo)))
         if n_workers > 1:
             pipeline = None  # each worker builds its own: free this one's model session now
-        _run(todo, pipeline, config, n_workers, writer)
+        results = (
+            _ray_results(todo, config, n_workers, ray_address)
+            if engine == "ray"
+            else _results(todo, pipeline, config, n_workers)
+        )
+        _run(results, len(todo), writer)
         sheet = writer.finish(contact_sheet=contact_sheet)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -279,14 +313,13 @@ def _jobs(src: Path, dst: Path, own_files: set[str], limit: int | None) -> list[
     return [(str(p), p.relative_to(base).as_posix()) for p in paths]
 
 
-def _run(
-    todo: list[Job], pipeline: Pipeline | None, config: PipelineConfig, n_workers: int, writer: DatasetWriter
-) -> None:
+def _run(results: Iterator[FileResult], total: int, writer: DatasetWriter) -> None:
+    """Hand every result to the writer, with a progress bar and one warning line per failed photo."""
     from tqdm import tqdm
 
-    bar = tqdm(total=len(todo), unit="photo", desc="faceprep", disable=None, file=sys.stderr)
+    bar = tqdm(total=total, unit="photo", desc="faceprep", disable=None, file=sys.stderr)
     try:
-        for result in _results(todo, pipeline, config, n_workers):
+        for result in results:
             writer.write(result)
             if result.error is not None:
                 tqdm.write(f"warning: {result.error.path}: {result.error.reason}", file=sys.stderr)
@@ -294,8 +327,24 @@ def _run(
             bar.update(1)
     except WorkerStartError as exc:
         raise click.ClickException(f"a worker process could not start: {exc}") from exc
+    except ConnectionError as exc:  # --ray-address with no cluster there
+        raise click.ClickException(f"cannot reach the Ray cluster: {exc}") from exc
     finally:
         bar.close()
+
+
+def _ray_unavailable() -> str | None:
+    from faceprep.ray_engine import ray_available
+
+    return ray_available()
+
+
+def _ray_results(
+    todo: list[Job], config: PipelineConfig, n_workers: int, address: str | None
+) -> Iterator[FileResult]:
+    from faceprep.ray_engine import iter_results_ray  # imports this module: not at the top
+
+    return iter_results_ray(todo, config, n_workers, address)
 
 
 def _results(
@@ -364,6 +413,65 @@ def _summary(
         f"output      {dst}" + (f"  (contact sheet: {sheet.relative_to(dst)})" if sheet else ""),
     ]
     click.echo("\n".join(lines))
+
+
+@main.command()
+@click.argument("dst", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Other than loopback: a warning.")
+@click.option(
+    "--src",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Where the source photos are, if not where faceprep.json says.",
+)
+@click.option("--no-browser", is_flag=True, help="Only serve; do not open a browser.")
+def review(dst: Path, port: int, host: str, src: Path | None, no_browser: bool) -> None:
+    """Look at the faces of the dataset DST, kept and rejected, and keep or reject them in a browser.
+
+    Decisions go to DST/review.jsonl; training and the dataset card honour them."""
+    from faceprep.review import serve
+
+    try:
+        serve(dst, host=host, port=port, src=src, open_browser=not no_browser)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {host}:{port}: {exc}") from exc
+
+
+@main.command()
+@click.argument("dst", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_threshold_options
+@click.option(
+    "--src",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Where the source photos are, if not where faceprep.json says (to render newly kept faces).",
+)
+@click.option("--dry-run", is_flag=True, help="Only say what would change.")
+@click.pass_context
+def refilter(ctx: click.Context, dst: Path, src: Path | None, dry_run: bool, **thresholds: Any) -> None:
+    """Apply new thresholds to DST from the stored filter values (no detection again).
+
+    Only the thresholds given here change; the others keep the values the dataset was made with."""
+    from click.core import ParameterSource
+
+    from faceprep.refilter import RefilterError
+    from faceprep.refilter import refilter as apply_thresholds
+
+    given = {
+        k: v for k, v in thresholds.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE
+    }
+    if not given:
+        raise click.UsageError("give at least one threshold to change, e.g. --max-yaw 35")
+    try:
+        summary = apply_thresholds(dst, given, src=src, dry_run=dry_run)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except (RefilterError, DatasetLockedError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("\n".join(summary.lines()))
 
 
 @main.command("plugins")

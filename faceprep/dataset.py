@@ -137,6 +137,7 @@ class DatasetWriter:
         options: Mapping[str, Any] | None = None,
         detector: Mapping[str, Any] | None = None,
         output: OutputFormat | None = None,
+        src: str | os.PathLike[str] | None = None,
     ) -> None:
         if image_format not in ("png", "jpg"):
             raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
@@ -148,6 +149,7 @@ class DatasetWriter:
         self.image_format: ImageFormat = image_format
         self.jpeg_quality = jpeg_quality
         self.options = options
+        self.src = None if src is None else os.fsdecode(Path(src).resolve())
         self.detector = detector or {}
         self.done: set[str] = set()
         self.ours: set[str] = set()  # image files this dataset's record says faceprep wrote
@@ -169,7 +171,7 @@ class DatasetWriter:
         try:
             self._refuse_foreign_files()
             if self.options is not None:
-                note = check_or_record(self.dst, self.options, self.detector)
+                note = check_or_record(self.dst, self.options, self.detector, self.src)
                 self.notes += [note] if note else []
             self._load_and_repair()
             names = (METADATA, REJECTED, ERRORS, JOURNAL)

@@ -61,15 +61,20 @@ def run_options(
     return _plain(options)
 
 
-def check_or_record(dst: Path, options: Mapping[str, Any], detector: Mapping[str, Any]) -> str | None:
+def check_or_record(
+    dst: Path, options: Mapping[str, Any], detector: Mapping[str, Any], src: str | None = None
+) -> str | None:
     """Compare ``options`` with ``dst/faceprep.json`` (raise on a difference) or write it if absent.
+
+    ``src``, the absolute source folder the records' ``source`` names are relative to, is recorded at
+    the top level (not an option: a moved SRC is fine) and updated when it changed.
 
     Returns a one-line note for the user when there is something to say (an older dataset without the
     file, another faceprep version), else None.
     """
     path = dst / OPTIONS_FILE
     if not path.is_file():
-        _write(path, options, detector)
+        _write(path, _record(options, detector, src))
         if (dst / "done.jsonl").is_file():
             return f"{dst} has no {OPTIONS_FILE} (an older faceprep made it): recorded this run's options"
         return None
@@ -93,19 +98,25 @@ def check_or_record(dst: Path, options: Mapping[str, Any], detector: Mapping[str
             f"{dst} was made with other options ({'; '.join(differ)}): resuming would mix them in one "
             "dataset. Use the same options, or another output folder"
         )
+    if src is not None and recorded.get("src") != src:
+        _write(path, {**recorded, "src": src})
     version = recorded.get("faceprep_version")
     if version != __version__:
         return f"{dst} was made by faceprep {version}; this is {__version__}"
     return None
 
 
-def _write(path: Path, options: Mapping[str, Any], detector: Mapping[str, Any]) -> None:
-    record = {
+def _record(options: Mapping[str, Any], detector: Mapping[str, Any], src: str | None) -> dict[str, Any]:
+    return {
         "faceprep_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "src": src,
         "detector": dict(detector),
         "options": dict(options),
     }
+
+
+def _write(path: Path, record: Mapping[str, Any]) -> None:
     tmp = path.with_name(f".faceprep-tmp-{path.name}")
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(record, fh, indent=2, ensure_ascii=True)

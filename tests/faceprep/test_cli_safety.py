@@ -233,3 +233,61 @@ def test_a_worker_that_cannot_start_ends_the_run(tmp_path: Path) -> None:
     config = PipelineConfig(detector="scrfd", detector_options={"model": str(tmp_path / "missing.onnx")})
     with pytest.raises(WorkerStartError, match=r"missing\.onnx"):
         list(_results([("a.jpg", "a.jpg"), ("b.jpg", "b.jpg")], None, config, 2))
+
+
+# --- the other commands: review, refilter, --engine ---------------------------------------------------
+
+
+def test_review_serves_the_dataset_until_stopped(camera_roll: Path, tmp_path: Path, scrfd_model: Path) -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    dst = tmp_path / "out"
+    assert _crop(camera_roll, dst, scrfd_model).exit_code == 0
+    assert json.loads((dst / "faceprep.json").read_text())["src"] == str(camera_roll.resolve())
+    cmd = [sys.executable, "-m", "faceprep", "review", str(dst), "--port", "0", "--no-browser"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        url = ""
+        for line in proc.stderr:
+            if found := re.search(r"serving (http://127\.0\.0\.1:\d+/)", line):
+                url = found.group(1)
+                break
+        assert url, "no URL printed"
+        with urllib.request.urlopen(url, timeout=10) as page:
+            assert page.status == 200 and b"faceprep review" in page.read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0
+    not_a_dataset = CliRunner().invoke(main, ["review", str(tmp_path), "--no-browser"])
+    assert not_a_dataset.exit_code == 2 and "Traceback" not in not_a_dataset.output
+
+
+def test_refilter_moves_faces_by_the_new_threshold(camera_roll: Path, tmp_path: Path, scrfd_model: Path) -> None:
+    dst = tmp_path / "out"
+    assert _crop(camera_roll, dst, scrfd_model, "--max-yaw", "off").exit_code == 0
+    kept = _jsonl(dst / "metadata.jsonl")
+    yaws = {m["file_name"]: m["filters"]["yaw"] for m in kept}
+    cut = sorted(abs(v) for v in yaws.values())[len(yaws) // 2]  # about half of the faces go
+    result = CliRunner().invoke(main, ["refilter", str(dst), "--max-yaw", str(cut)])
+    assert result.exit_code == 0, result.output
+    now = {m["file_name"] for m in _jsonl(dst / "metadata.jsonl")}
+    assert now == {name for name, yaw in yaws.items() if abs(yaw) <= cut}
+    assert all(not (dst / name).exists() for name in set(yaws) - now)  # out of the image set
+    nothing = CliRunner().invoke(main, ["refilter", str(dst)])
+    assert nothing.exit_code == 2 and "give at least one threshold" in nothing.output
+
+
+def test_engine_ray_without_ray_is_a_usage_error(
+    camera_roll: Path, tmp_path: Path, scrfd_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import faceprep.ray_engine
+
+    monkeypatch.setattr(faceprep.ray_engine, "ray_available", lambda: "ray is not installed: install it")
+    result = _crop(camera_roll, tmp_path / "out", scrfd_model, "--engine", "ray")
+    assert result.exit_code == 2 and "ray is not installed" in result.output
