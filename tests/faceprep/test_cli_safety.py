@@ -238,7 +238,9 @@ def test_a_worker_that_cannot_start_ends_the_run(tmp_path: Path) -> None:
 # --- the other commands: review, refilter, --engine ---------------------------------------------------
 
 
-def test_review_serves_the_dataset_until_stopped(camera_roll: Path, tmp_path: Path, scrfd_model: Path) -> None:
+def test_review_serves_the_dataset_until_stopped(
+    camera_roll: Path, tmp_path: Path, scrfd_model: Path
+) -> None:
     import re
     import signal
     import subprocess
@@ -268,7 +270,9 @@ def test_review_serves_the_dataset_until_stopped(camera_roll: Path, tmp_path: Pa
     assert not_a_dataset.exit_code == 2 and "Traceback" not in not_a_dataset.output
 
 
-def test_refilter_moves_faces_by_the_new_threshold(camera_roll: Path, tmp_path: Path, scrfd_model: Path) -> None:
+def test_refilter_moves_faces_by_the_new_threshold(
+    camera_roll: Path, tmp_path: Path, scrfd_model: Path
+) -> None:
     dst = tmp_path / "out"
     assert _crop(camera_roll, dst, scrfd_model, "--max-yaw", "off").exit_code == 0
     kept = _jsonl(dst / "metadata.jsonl")
