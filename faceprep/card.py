@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,16 @@ _LOADING = {
     "zip": "EDM / EDM2 / StyleGAN: --data={dst}/dataset.zip",
     "wds": 'datasets.load_dataset("webdataset", data_files="{dst}/shards/*.tar")',
 }
+
+
+@dataclass(frozen=True)
+class ReviewCounts:
+    """The faces in the dataset after review (``records``) and what the review changed."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    rejected: int = 0  # kept by faceprep, rejected by a person
+    rescued: int = 0  # rejected by faceprep, kept by a person
+    pending: int = 0  # rescued faces whose crop is not rendered yet
 
 
 def card_is_ours(dst: Path) -> bool:
@@ -39,6 +50,7 @@ def write_card(
     dst: Path,
     *,
     kept: list[dict[str, Any]],
+    review: ReviewCounts,
     rejected: list[dict[str, Any]],
     errors: int,
     deleted: int,
@@ -51,7 +63,7 @@ def write_card(
     made = _read_options(dst)
     options = made.get("options", {})
     reasons = Counter(r for rec in rejected for r in rec.get("rejected_by", ()))
-    n = len(kept)
+    n = len(review.records)
     size_category = (
         "n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000 else "n>100K"
     )
@@ -71,11 +83,14 @@ def write_card(
         "",
         "| | count |",
         "|---|---|",
-        f"| kept | {n} |",
-        f"| rejected | {len(rejected)} |",
+        f"| kept by faceprep | {len(kept)} |",
+        f"| rejected by faceprep | {len(rejected)} |",
         *(f"| rejected by {reason} | {count} |" for reason, count in reasons.most_common()),
         f"| photos that could not be read | {errors} |",
         f"| kept crops deleted by hand | {deleted} |",
+        f"| rejected in review (`review.jsonl`) | {review.rejected} |",
+        f"| rescued in review | {review.rescued} ({review.pending} without a crop yet) |",
+        f"| **in the dataset** | **{n}** |",
         "",
         "## How it was made",
         "",

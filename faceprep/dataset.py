@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from faceprep.card import CARD, write_card
+from faceprep.card import CARD, ReviewCounts, write_card
 from faceprep.filters import DuplicateIndex
 from faceprep.outputs import SHARDS, ZIP_NAME, OutputFormat, read_crop
 from faceprep.pipeline import FileResult, check_duplicate
@@ -357,10 +357,12 @@ class DatasetWriter:
         Returns the contact sheet's path (None when not asked for or no crop is left)."""
         kept = self.kept_records()
         self.output.pack(self.dst, kept)
-        sheet = write_contact_sheet(self.dst) if contact_sheet else None
+        reviewed = review_counts(self.dst, kept)
+        sheet = write_contact_sheet(self.dst, reviewed.records) if contact_sheet else None
         write_card(
             self.dst,
             kept=kept,
+            review=reviewed,
             rejected=read_jsonl(self.dst / REJECTED),
             errors=len(read_jsonl(self.dst / ERRORS)),
             deleted=len(read_jsonl(self.dst / DELETED)),
@@ -370,11 +372,33 @@ class DatasetWriter:
         return sheet
 
 
-def write_contact_sheet(dst: Path, max_faces: int = 64, thumb: int = 128, columns: int = 8) -> Path | None:
-    """Write ``dst/preview/contact_sheet.png`` from the kept faces listed in ``dst/metadata.jsonl``.
+def review_counts(dst: Path, kept: list[dict[str, Any]]) -> ReviewCounts:
+    """What the review decisions of ``dst`` (``review.jsonl``) make of its ``kept`` faces."""
+    if not (dst / "review.jsonl").is_file():
+        return ReviewCounts(records=kept)
+    from faceprep.review.apply import effective_kept
+
+    effective = effective_kept(dst)
+    rescued = [r for r in effective if r.get("rescued")]
+    return ReviewCounts(
+        records=[r for r in effective if r.get("file_name")],
+        rejected=len(kept) - (len(effective) - len(rescued)),
+        rescued=len(rescued),
+        pending=sum(r.get("file_name") is None for r in rescued),
+    )
+
+
+def write_contact_sheet(
+    dst: Path,
+    records: list[dict[str, Any]] | None = None,
+    max_faces: int = 64,
+    thumb: int = 128,
+    columns: int = 8,
+) -> Path | None:
+    """Write ``dst/preview/contact_sheet.png`` from ``records`` (default: ``dst/metadata.jsonl``'s).
 
     Crops deleted or broken since they were listed are left out; None when no crop is left."""
-    records = read_jsonl(dst / METADATA)
+    records = read_jsonl(dst / METADATA) if records is None else records
     step = max(1.0, len(records) / max_faces)
     sample = [records[int(i * step)] for i in range(min(max_faces, len(records)))]
     tiles: list[Image.Image] = []

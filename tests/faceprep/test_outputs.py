@@ -139,10 +139,28 @@ def test_dataset_card_counts_and_never_replaces_a_users_readme(tmp_path: Path) -
     dst = tmp_path / "folder"
     _write(dst, "folder", ["a.jpg", "b.jpg"])
     card = (dst / "README.md").read_text()
-    assert "| kept | 2 |" in card and "| rejected by score | 2 |" in card
+    assert "| kept by faceprep | 2 |" in card and "| rejected by score | 2 |" in card
+    assert "| **in the dataset** | **2** |" in card
     assert "![contact sheet](preview/contact_sheet.png)" in card and "imagefolder" in card
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "README.md").write_text("my notes")
     _write(mine, "folder", ["a.jpg"])
     assert (mine / "README.md").read_text() == "my notes"
+
+
+def test_card_and_contact_sheet_honour_review_decisions(tmp_path: Path) -> None:
+    from faceprep.review.store import DecisionLog
+
+    dst = tmp_path / "folder"
+    _write(dst, "folder", ["a.jpg", "b.jpg", "c.jpg"])
+    log = DecisionLog(dst)
+    log.record(("b.jpg", 0), "reject")  # kept by faceprep, rejected by a person
+    log.record(("a.jpg", 1), "keep")  # rejected by faceprep (score), rescued: no crop yet
+    _write(dst, "folder", ["a.jpg", "b.jpg", "c.jpg"])  # a resume rewrites card and sheet
+    card = (dst / "README.md").read_text()
+    assert "| rejected in review (`review.jsonl`) | 1 |" in card
+    assert "| rescued in review | 1 (1 without a crop yet) |" in card
+    assert "| **in the dataset** | **2** |" in card
+    with Image.open(dst / "preview" / "contact_sheet.png") as sheet:
+        assert sheet.size == (2 * 130 + 2, 130 + 2)  # a and c only
