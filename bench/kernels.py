@@ -7,8 +7,10 @@
 GPU part (CUDA events, median of N after warm-up): GroupNorm+SiLU fwd/bwd, attention fwd+bwd (Triton
 vs SDPA), fused loss; a whole faces64 training step (bf16 autocast UNet forward, EDM loss through
 ``diffengine.loss.diffusion_loss``, backward, grad clip, AdamW: the body of the training loop) with the
-Triton kernels, PyTorch eager and torch.compile; a 20-step sampling run, eager vs CUDA graph. Each row
-has its floor (bytes / bandwidth or flops / peak) and the % of floor reached.
+Triton kernels, PyTorch eager and torch.compile; a 20-step sampling run, eager vs CUDA graph
+(``kernels.capture``); ``diffengine.generate.generate`` (what ``diffengine sample`` / ``eval`` run) in
+images/s with ``graph=False`` vs ``graph=True`` at batch 1, 32 and 256. Each kernel row has its floor
+(bytes / bandwidth or flops / peak) and the % of floor reached.
 CPU part: is Python the bottleneck of sampling? Per-step time of the faces32 UNet vs the Python glue of
 the sampling loop (same loop, a free denoiser).
 """
@@ -25,11 +27,12 @@ from typing import cast
 
 import torch
 
-from diffengine.kernels import make_sampler, sampling_loop, set_backend
+from diffengine.kernels import capture, set_backend
 from diffengine.kernels.attention import attention_reference, attention_triton
 from diffengine.kernels.backend import Backend
 from diffengine.kernels.group_norm import group_norm_silu_reference, group_norm_silu_triton
 from diffengine.kernels.precond_loss import precond_loss_reference
+from diffengine.samplers import sample_euler
 
 # (memory bandwidth GB/s, dense bf16 TFLOP/s) for cards whose properties do not expose them.
 KNOWN_CARDS = {"H100": (3350, 989), "H200": (4800, 989), "A100": (2039, 312), "GTX 1060": (192, 4.4)}
@@ -75,9 +78,9 @@ def cpu_overhead_study() -> None:
     x = torch.randn(8, 3, 32, 32) * 80
     sigmas = torch.cat([torch.logspace(1.9, -2.7, 20), torch.zeros(1)])
     with torch.no_grad():
-        full = cpu_median(lambda: sampling_loop(denoise, x, sigmas, "euler"), n=3, warmup=1)
+        full = cpu_median(lambda: sample_euler(denoise, x, sigmas), n=3, warmup=1)
         net_only = cpu_median(lambda: denoise(x, sigmas[:1].expand(8)), n=10, warmup=2)
-        glue = cpu_median(lambda: sampling_loop(lambda x, s: x, x, sigmas, "euler"), n=20, warmup=3)
+        glue = cpu_median(lambda: sample_euler(lambda x, s: x, x, sigmas), n=20, warmup=3)
     steps = 20
     print("CPU: is Python the bottleneck of sampling? (faces32, batch 8, 20 Euler steps, 1 process)")
     print(f"  whole loop            {full * 1e3:9.1f} ms  ({full / steps * 1e3:.2f} ms/step)")
@@ -213,8 +216,8 @@ def sampling_table() -> None:
     sigmas = torch.cat([torch.logspace(1.9, -2.7, 20, device=dev), torch.zeros(1, device=dev)])
     noise = torch.randn(32, 3, 64, 64, device=dev) * 80
     with torch.no_grad(), torch.autocast("cuda", dtype=dt):
-        eager = gpu_median(lambda: sampling_loop(denoise, noise, sigmas, "euler"), n=5, warmup=2)
-        graphed = make_sampler(denoise, sigmas, tuple(noise.shape), "euler", graph=True)
+        eager = gpu_median(lambda: sample_euler(denoise, noise, sigmas), n=5, warmup=2)
+        graphed = capture(sample_euler, denoise, sigmas, tuple(noise.shape), graph=True)
         graph = gpu_median(lambda: graphed(noise), n=5, warmup=2)
     print(
         f"  eager {eager * 1e3:.1f} ms, CUDA graph {graph * 1e3:.1f} ms, "
@@ -224,13 +227,45 @@ def sampling_table() -> None:
     set_backend(None)
 
 
+def generate_table(batches: tuple[int, ...] = (1, 32, 256), preset: str = "faces64") -> None:
+    """``generate()`` images/s, eager loop vs CUDA graph, for the preset's default sampler and steps
+    (``auto`` kernel backend, fp32: exactly what ``diffengine sample --batch-size B`` runs)."""
+    from diffengine.config import get_preset
+    from diffengine.generate import build_denoiser, generate
+
+    settings = get_preset(preset)
+    torch.manual_seed(0)
+    denoiser = build_denoiser(settings).to("cuda").eval()
+    print(f"generate(), {preset}, {settings.sampler} {settings.sample_steps} steps, images/s:")
+    for batch in batches:
+        n = max(8 * batch, 256)  # many batches of one shape, as eval runs them; the capture is counted
+        rates = {}
+        for graph in (False, True):
+
+            def run(count: int, graph: bool = graph, batch: int = batch) -> None:
+                generate(
+                    denoiser, count, settings.sampler, settings.sample_steps, batch_size=batch, graph=graph
+                )
+
+            run(batch)  # warm-up: allocator, cuDNN, Triton autotuning
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            run(n)
+            torch.cuda.synchronize()
+            rates[graph] = n / (time.perf_counter() - t0)
+        print(
+            f"  batch {batch:4d}: eager {rates[False]:9.1f}, CUDA graph {rates[True]:9.1f} "
+            f"({rates[True] / rates[False]:.2f}x, the graph's capture included)"
+        )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--only",
-        choices=("all", "kernels", "train", "sample"),
+        choices=("all", "kernels", "train", "sample", "generate"),
         default="all",
         help="GPU tables to run (default: all)",
     )
@@ -266,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             training_step_table(peak, args.batch_size, args.train_steps, args.train_warmup)
         if args.only in ("all", "sample"):
             sampling_table()
+        if args.only in ("all", "generate"):
+            generate_table()
     finally:
         set_backend(None)  # a table that fails partway must not leave a forced backend behind
     return 0

@@ -42,6 +42,7 @@ from diffengine.checkpoint import latest_checkpoint, load_checkpoint
 from diffengine.data import heldout_split, load_images, open_source
 from diffengine.distributed import pick_device
 from diffengine.evaluate import (
+    SWEEP_SAMPLERS,
     default_extractor,
     format_table,
     generate_timed,
@@ -415,8 +416,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--n", type=int, default=1000, help="samples per row (FID/KID)")
     parser.add_argument("--ref-limit", type=int, default=None, help="at most this many held-out images")
-    parser.add_argument("--samplers", default="euler,heun,dpmpp2m,ddim")
-    parser.add_argument("--nfe", default="10,20,50")
+    parser.add_argument("--samplers", default=",".join(SWEEP_SAMPLERS))
+    parser.add_argument("--nfe", default="5,10,20,50")
     parser.add_argument("--ddpm-steps", type=int, default=1000)
     parser.add_argument("--ddim-steps", default="50", help="baseline DDIM steps, comma-separated")
     parser.add_argument("--ddpm-n", type=int, default=None, help="samples for the DDPM row (default: --n)")
@@ -447,7 +448,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.smoke:
         args.minutes, args.n, args.ref_limit, args.limit_images = 0.5, 16, 48, 600
-        args.nfe, args.samplers, args.ddpm_steps, args.ddim_steps = "6", "euler,heun,dpmpp2m,ddim", 50, "6"
+        args.nfe, args.samplers, args.ddpm_steps, args.ddim_steps = "6", ",".join(SWEEP_SAMPLERS), 50, "6"
         args.holdout, args.quiet = 0.1, True
     return args
 

@@ -1,7 +1,7 @@
 """``diffengine``: a thin click wrapper over train / generate / doctor / eval.
 
 diffengine train DATA --preset faces64 --out RUN [--max-steps N] [--batch-size B] [--resume]
-diffengine sample RUN --n 64 --steps 20 --sampler dpmpp2m --out grid.png
+diffengine sample RUN --n 64 [--sampler ipndm --steps 20] --out grid.png   (default: the run's preset)
 diffengine doctor DATA [--run RUN]
 diffengine eval RUN --ref DATA
 torchrun --nproc_per_node 4 -m diffengine train DATA ...      (multi-GPU / multi-node)
@@ -16,12 +16,12 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
 from diffengine.checkpoint import CheckpointError, CheckpointWarning
-from diffengine.config import PRESETS
+from diffengine.config import PRESETS, Precision, Preset
 from diffengine.data import DataCheckError, DataError
 from diffengine.evaluate_cli import eval_command
 from diffengine.samplers import SAMPLERS
@@ -101,9 +101,8 @@ def main() -> None:
 @click.option(
     "--precision",
     type=click.Choice(["auto", "bf16", "fp32", "fp16"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 where the card supports it, else fp32. fp16 only if you must.",
+    default=None,
+    help="auto: bf16 where the card supports it, else fp32; fp16 only if you must. [default: preset's: auto]",
 )
 @click.option("--formulation", type=click.Choice(["edm", "vp-eps", "vp-v"]), default=None)
 @click.option("--channels-last/--no-channels-last", default=None, help="[default: on CUDA only]")
@@ -136,7 +135,7 @@ def train(
     grad_clip: float | None,
     ema: bool,
     ema_half_life_kimg: float | None,
-    precision: str,
+    precision: str | None,
     formulation: str | None,
     channels_last: bool | None,
     compile_: bool,
@@ -167,7 +166,7 @@ def train(
         grad_clip=grad_clip,
         ema=ema,
         ema_half_life_kimg=ema_half_life_kimg,
-        precision=precision,  # type: ignore[arg-type]
+        precision=cast(Precision | None, precision),
         channels_last=channels_last,
         compile=compile_,
         seed=seed,
@@ -183,10 +182,10 @@ def train(
         formulation=formulation,
     )
     try:
-        resolution = effective_preset(cfg).unet.resolution
+        effective = effective_preset(cfg)
     except (TypeError, ValueError) as exc:
         raise click.BadParameter(str(exc), param_hint="--unet") from exc
-    eval_fn = _kid_hook(cfg, resolution, kid_n) if kid_every else None
+    eval_fn = _kid_hook(cfg, effective, kid_n) if kid_every else None
     try:
         with _user_errors():
             result = run_training(cfg, eval_fn=eval_fn)
@@ -200,8 +199,9 @@ def train(
         sys.exit(130)
 
 
-def _kid_hook(cfg: Any, resolution: int, n: int) -> Any:
-    """KID on ``n`` EMA samples against the held-out split (or all of DATA when --holdout is 0)."""
+def _kid_hook(cfg: Any, preset: Preset, n: int) -> Any:
+    """KID on ``n`` EMA samples (the preset's sampler, steps and schedule) against the held-out split
+    (or all of DATA when --holdout is 0)."""
     from diffengine.distributed import pick_device
     from diffengine.evaluate import default_extractor, make_kid_eval
     from diffengine.metrics.refstats import reference_statistics
@@ -211,17 +211,26 @@ def _kid_hook(cfg: Any, resolution: int, n: int) -> Any:
     # reference statistics and every KID evaluation (it is cached per device).
     device = pick_device(int(os.environ.get("LOCAL_RANK", "0")), cfg.device)
     ref = reference_statistics(
-        cfg.data, resolution, split=split, heldout_fraction=cfg.holdout or 0.1,
+        cfg.data, preset.unet.resolution, split=split, heldout_fraction=cfg.holdout or 0.1,
         extractor=default_extractor(str(device)),
     )  # fmt: skip
-    return make_kid_eval(ref, n=n)
+    return make_kid_eval(
+        ref, n=n, sampler=preset.sampler, steps=preset.sample_steps, schedule=preset.schedule
+    )
 
 
 @main.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--n", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--sampler", type=click.Choice(sorted(SAMPLERS)), default="dpmpp2m", show_default=True)
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=None, help="[default: the run's preset, e.g. 20]"
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(sorted(SAMPLERS)),
+    default=None,
+    help="[default: the run's preset, e.g. ipndm]",
+)
 @click.option("--schedule", type=click.Choice(sorted(SCHEDULES)), default=None, help="[default: the run's]")
 @_out_option(Path("samples.png"), "Grid PNG; single images go to a folder of the same name beside it.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -231,8 +240,8 @@ def _kid_hook(cfg: Any, resolution: int, n: int) -> Any:
 def sample(
     run: Path,
     n: int,
-    steps: int,
-    sampler: str,
+    steps: int | None,
+    sampler: str | None,
     schedule: str | None,
     out: Path,
     seed: int,
@@ -240,7 +249,8 @@ def sample(
     device: str,
     raw: bool,
 ) -> None:
-    """Generate N images from the latest checkpoint of RUN (EMA weights)."""
+    """Generate N images from the latest checkpoint of RUN (EMA weights), with the run's sampler, steps
+    and schedule unless told otherwise; deterministic samplers replay a CUDA graph on a GPU."""
     from diffengine.distributed import pick_device
     from diffengine.generate import generate, load_run, save_grid, save_images
 
@@ -252,8 +262,8 @@ def sample(
     images = generate(
         denoiser,
         n,
-        sampler=sampler,
-        steps=steps,
+        sampler=sampler or preset.sampler,
+        steps=steps or preset.sample_steps,
         seed=seed,
         batch_size=batch_size,
         device=dev,

@@ -5,10 +5,13 @@ Checks, each a :class:`Finding` with a failure-mode name:
 - ``data-range`` / ``data-stats``: count, source sizes, per-channel mean/std and min/max after scaling
   to [-1, 1] (what the training loop sees), low contrast, upscaled sources;
 - ``too-few-images``: under ~1000 images a diffusion model memorises;
-- ``overfit``: a tiny UNet must fit one fixed batch (fixed σ and noise): the loss has to fall by a large
-  factor (reported), otherwise model, loss or optimiser are broken;
+- ``overfit``: a tiny UNet (:data:`OVERFIT_UNET`) must fit one fixed batch (fixed σ and noise): the
+  loss has to fall by a large factor (reported), otherwise model, loss or optimiser are broken;
 - ``denoise``: real images noised at a few σ and denoised (by the run's EMA model when ``--run`` is
-  given, else the overfit model) written to a PNG to look at;
+  given, else the overfit model) written to a PNG to look at, each row labelled with its σ;
+- ``ema-behind``: with ``--run``, the EMA weights' denoising loss on a fixed batch of DATA (fixed noise,
+  σ in :data:`EMA_CHECK_SIGMAS`) over the raw weights'; above :data:`EMA_BEHIND_RATIO` the EMA samples
+  are much worse than raw ones (the "EMA samples stay noise" reports: a half-life too long for the run);
 - ``sampler``: every sampler driven by the closed-form denoiser of a Gaussian N(μ, s²) with the data's
   per-channel μ, s must reproduce μ and s;
 - ``scheduler-pairing``: the σ schedule a run samples with must cover the formulation's trained range
@@ -22,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,12 +44,13 @@ from diffengine.generate import (
     to_pil,
 )
 from diffengine.loss import diffusion_loss
-from diffengine.precond import Denoiser, Formulation, make_formulation
+from diffengine.precond import DenoiseFn, Denoiser, Formulation, make_formulation
 from diffengine.samplers import SAMPLERS
 from diffengine.schedules import get_sigmas
 
 Severity = Literal["ok", "info", "warn", "fail"]
-TINY_UNET = UNetConfig(
+# The network of the one-batch overfit check: small enough for a CPU minute, part of the product.
+OVERFIT_UNET = UNetConfig(
     resolution=16,
     model_channels=32,
     channel_mult=(1, 2),
@@ -56,8 +60,12 @@ TINY_UNET = UNetConfig(
     head_dim=16,
 )
 OVERFIT_SIGMAS = (0.2, 0.5, 1.0, 2.0)
-# First-order samplers converge slowly (error ∝ 1/steps): give them enough steps for the 10% tolerance.
-GAUSSIAN_STEPS = {"euler": 100, "ddim": 100, "euler_ancestral": 250}
+DENOISE_SIGMAS = (0.1, 0.5, 2.0, 10.0)
+EMA_CHECK_SIGMAS = (0.2, 0.5, 1.0, 2.0, 5.0)  # where a face's content is decided
+EMA_BEHIND_RATIO = 1.5
+# First-order samplers converge slowly (error ∝ 1/steps): give them enough steps for the 10% tolerance;
+# the stochastic ones also average their added noise out. The rest (2nd-4th order) get 32.
+GAUSSIAN_STEPS = {"euler": 100, "ddim": 100, "euler_ancestral": 250, "edm_stochastic": 64}
 
 
 @dataclass(frozen=True)
@@ -212,33 +220,75 @@ def overfit_one_batch(
 
 @torch.no_grad()
 def denoise_picture(
-    denoiser: Denoiser, x: torch.Tensor, out: Path, sigmas: tuple[float, ...] = (0.1, 0.5, 2.0, 10.0)
+    denoiser: DenoiseFn, x: torch.Tensor, out: Path, sigmas: tuple[float, ...] = DENOISE_SIGMAS
 ) -> Path:
-    """Rows: clean, then for each σ the noisy input and the denoised output (σ grows downwards)."""
+    """Rows: clean, then for each σ the noisy input and the denoised output (σ grows downwards), each row
+    labelled on the left; small images zoomed (nearest neighbour) to ~96 px."""
+    from diffengine.data import to_uint8
+    from diffengine.generate import grid_zoom, zoom
+    from diffengine.plots import with_row_labels
+
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(x.shape, generator=g).to(x.device)
-    rows = [x]
+    rows, labels = [x], ["clean"]
     for s in sigmas:
         noisy = x + s * noise
-        rows += [noisy / max(1.0, (1 + s**2) ** 0.5), denoiser(noisy, s)]  # noisy shown rescaled
-    from diffengine.data import to_uint8
-
-    images = to_uint8(torch.cat(rows))
-    zoom = max(1, 64 // images.shape[-1])  # small images: nearest-neighbour zoom so one can see them
-    images = images.repeat_interleave(zoom, dim=2).repeat_interleave(zoom, dim=3)
-    grid = make_grid(images, nrow=x.shape[0])
+        batch_sigma = torch.full((x.shape[0],), s, device=x.device)
+        rows += [noisy / max(1.0, (1 + s**2) ** 0.5), denoiser(noisy, batch_sigma)]  # noisy shown rescaled
+        labels += [f"σ = {s:g}  noisy", f"σ = {s:g}  denoised"]
+    images = zoom(to_uint8(torch.cat(rows)), grid_zoom(x.shape[-1]))
+    pad = 2
+    grid = with_row_labels(to_pil(make_grid(images, nrow=x.shape[0], pad=pad)), labels, images.shape[-2], pad)
     out.parent.mkdir(parents=True, exist_ok=True)
-    to_pil(grid).save(out)
+    grid.save(out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# EMA against raw weights
+
+
+@torch.no_grad()
+def fixed_batch_loss(
+    denoiser: Denoiser, x: torch.Tensor, sigmas: Sequence[float] = EMA_CHECK_SIGMAS, seed: int = 0
+) -> float:
+    """The training loss (EDM-weighted) of ``denoiser`` on every image of ``x`` at every σ, with fixed
+    noise: the same number for the same weights, comparable between two sets of weights."""
+    xs = x.repeat(len(sigmas), 1, 1, 1)
+    sigma = torch.tensor(list(sigmas), device=x.device).repeat_interleave(x.shape[0])
+    noise = torch.randn(xs.shape, generator=torch.Generator().manual_seed(seed)).to(x.device)
+    was_training = denoiser.training
+    denoiser.eval()
+    try:
+        return float(diffusion_loss(denoiser, xs, sigma=sigma, noise=noise).loss)
+    finally:
+        denoiser.train(was_training)
+
+
+def check_ema(raw: Denoiser, ema: Denoiser, x: torch.Tensor) -> Finding:
+    """``ema-behind``: EMA loss / raw loss on the fixed batch ``x`` above :data:`EMA_BEHIND_RATIO`."""
+    raw_loss, ema_loss = fixed_batch_loss(raw, x), fixed_batch_loss(ema, x)
+    ratio = ema_loss / max(raw_loss, 1e-12)
+    measured = (
+        f"denoising loss on {x.shape[0]} fixed images at σ {', '.join(f'{s:g}' for s in EMA_CHECK_SIGMAS)}: "
+        f"EMA {ema_loss:.4f}, raw {raw_loss:.4f} ({ratio:.2f}x)"
+    )
+    if ratio > EMA_BEHIND_RATIO:
+        return Finding(
+            "ema-behind",
+            "warn",
+            f"EMA far behind raw: {measured} > {EMA_BEHIND_RATIO}x. EMA samples will look worse than raw "
+            "ones (noise, early in training): the EMA half-life is long for this run's length; train "
+            "longer, lower --ema-half-life-kimg, or sample with --raw for now",
+        )
+    return Finding("ema-behind", "ok", measured)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Samplers on a Gaussian (closed-form denoiser)
 
 
-def gaussian_denoiser(
-    mu: torch.Tensor, std: torch.Tensor
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def gaussian_denoiser(mu: torch.Tensor, std: torch.Tensor) -> DenoiseFn:
     """Ideal D(x; σ) = μ + s²/(s² + σ²)·(x − μ) for data N(μ, diag(s²)); μ, s broadcast over (B, C, H, W)."""
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -333,15 +383,25 @@ def check_environment(precision: str | None = None) -> list[Finding]:
     return findings
 
 
-def check_run(run: Path) -> tuple[list[Finding], Denoiser | None, Preset | None]:
-    """EMA present, sampler/schedule pairing and precision of a trained run."""
+@dataclass(frozen=True)
+class RunModels:
+    """A trained run as the doctor sees it: its preset and its raw and EMA denoisers (EMA ``None`` when
+    the run saved none)."""
+
+    preset: Preset
+    raw: Denoiser
+    ema: Denoiser | None
+
+
+def check_run(run: Path) -> tuple[list[Finding], RunModels | None]:
+    """EMA present, sampler/schedule pairing and precision of a trained run; its models."""
     from diffengine.checkpoint import latest_checkpoint, load_checkpoint
     from diffengine.config import config_from_dict
     from diffengine.generate import load_run
 
     found = latest_checkpoint(run / "checkpoints")
     if found is None:
-        return [Finding("run", "fail", f"{run}: no checkpoint in {run / 'checkpoints'}")], None, None
+        return [Finding("run", "fail", f"{run}: no checkpoint in {run / 'checkpoints'}")], None
     ckpt = load_checkpoint(found, tensors=False)
     preset: Preset = config_from_dict(ckpt.state["preset"])
     findings = [Finding("run", "info", f"{found} (step {ckpt.step}, {preset.name}, {preset.formulation})")]
@@ -357,13 +417,93 @@ def check_run(run: Path) -> tuple[list[Finding], Denoiser | None, Preset | None]
     )
     formulation = make_formulation(preset.formulation, **preset.formulation_kwargs)
     findings.append(check_pairing(formulation, get_sigmas(preset.schedule, preset.sample_steps, formulation)))
-    findings += check_environment(ckpt.state.get("train", {}).get("precision"))
-    denoiser, _ = load_run(run, use_ema=has_ema)
-    return findings, denoiser, preset
+    # Checkpoints before Preset.precision was read recorded the choice in the train config only.
+    findings += check_environment(ckpt.state.get("train", {}).get("precision") or preset.precision)
+    raw, _ = load_run(run, use_ema=False)
+    ema = load_run(run, use_ema=True)[0] if has_ema else None
+    return findings, RunModels(preset, raw, ema)
 
 
 # ---------------------------------------------------------------------------------------------------
-# The whole check
+# The whole check: every check is a function returning its findings; run_doctor lists them in order.
+
+
+def check_overfit(
+    images: torch.Tensor, preset: Preset, steps: int, seed: int
+) -> tuple[list[Finding], Denoiser]:
+    """``overfit``: :data:`OVERFIT_UNET` fits 8 real images at 16 px by ≥ 10x; returns the fitted model."""
+    small = _overfit_batch(images)
+    tiny = build_denoiser(dataclasses.replace(preset, unet=OVERFIT_UNET))
+    factor, losses = overfit_one_batch(tiny, small, steps=steps, seed=seed)
+    finding = Finding(
+        "overfit",
+        "ok" if factor >= 10 else "fail",
+        f"one batch of {small.shape[0]} images: loss {losses[0]:.3f} → {losses[-1]:.4f} "
+        f"({factor:.0f}× in {len(losses)} steps; needs ≥ 10×)",
+    )
+    return [finding], tiny
+
+
+def _pick(images: torch.Tensor, n: int = 8) -> torch.Tensor:
+    return images[torch.linspace(0, images.shape[0] - 1, min(n, images.shape[0])).round().long()]
+
+
+def _overfit_batch(images: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.interpolate(to_model_range(_pick(images)), size=16, mode="area")
+
+
+def check_denoise(images: torch.Tensor, out: Path, models: RunModels | None, tiny: Denoiser) -> list[Finding]:
+    """``denoise``: the picture, by the run's EMA (else raw) model at its resolution, else the overfit one."""
+    if models is not None:
+        model, x = models.ema or models.raw, to_model_range(_pick(images))
+        who = "the run's EMA model" if models.ema is not None else "the run's raw model"
+    else:
+        model, x = tiny, _overfit_batch(images)
+        who = "the one-batch overfit model (pass --run RUN to see a trained one)"
+    picture = denoise_picture(model, x, out / "denoise.png")
+    sigmas = ", ".join(f"{s:g}" for s in DENOISE_SIGMAS)
+    return [
+        Finding("denoise", "info", f"{picture}: clean row, then noisy/denoised rows at σ {sigmas} by {who}")
+    ]
+
+
+def check_ema_of_run(images: torch.Tensor, models: RunModels | None) -> list[Finding]:
+    """``ema-behind`` for a run with EMA weights (nothing to compare otherwise)."""
+    if models is None or models.ema is None:
+        return []
+    return [check_ema(models.raw, models.ema, to_model_range(_pick(images)))]
+
+
+def check_samplers(stats: dict[str, Any], seed: int) -> list[Finding]:
+    """``sampler``: every sampler reproduces N(data mean, data std) through the closed-form denoiser."""
+    mu, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"]).clamp_min(0.2)
+    edm = make_formulation("edm")
+    bad = []
+    for name in SAMPLERS:
+        form = make_formulation("vp-eps") if name == "ddpm" else edm
+        schedule, steps = ("vp", 100) if name == "ddpm" else ("karras", GAUSSIAN_STEPS.get(name, 32))
+        mean_err, std_err = check_sampler_on_gaussian(mu, std, name, form, schedule, steps, seed=seed)
+        if mean_err > 0.05 or std_err > 0.1:
+            bad.append(f"{name} (mean error {mean_err:.3f}, std error {std_err:.1%})")
+    return [
+        Finding(
+            "sampler",
+            "fail" if bad else "ok",
+            ("wrong distribution from " + ", ".join(bad))
+            if bad
+            else f"all {len(SAMPLERS)} samplers reproduce N(data mean, data std) within 0.05 / 10%",
+        )
+    ]
+
+
+def check_defaults(preset: Preset) -> list[Finding]:
+    """Without a run: the preset's default sampling schedule, the environment, the EMA reminder."""
+    formulation = make_formulation(preset.formulation, **preset.formulation_kwargs)
+    return [
+        check_pairing(formulation, get_sigmas(preset.schedule, preset.sample_steps, formulation)),
+        *check_environment(preset.precision),
+        Finding("no-ema", "info", "no --run given; `diffengine train` keeps an EMA by default"),
+    ]
 
 
 def run_doctor(
@@ -377,68 +517,14 @@ def run_doctor(
 ) -> DoctorReport:
     """Run every check; writes ``out/denoise.png`` and returns the report (``.failed``, ``.format()``)."""
     start = time.perf_counter()
-    out = Path(out)
     torch.manual_seed(seed)
-    run_findings: list[Finding] = []
-    run_denoiser: Denoiser | None = None
-    resolution = get_preset(preset).unet.resolution
-    if run is not None:
-        run_findings, run_denoiser, run_preset = check_run(Path(run))
-        if run_preset is not None:
-            resolution = run_preset.unet.resolution
-    findings, images, stats = check_data(data, resolution, limit)
-
-    # One-batch overfit of a tiny model at 16 px on 8 real images.
-    pick = torch.linspace(0, images.shape[0] - 1, min(8, images.shape[0])).round().long()
-    small = torch.nn.functional.interpolate(to_model_range(images[pick]), size=16, mode="area")
-    tiny = build_denoiser(dataclasses.replace(get_preset(preset), unet=TINY_UNET))
-    factor, losses = overfit_one_batch(tiny, small, steps=overfit_steps, seed=seed)
-    findings.append(
-        Finding(
-            "overfit",
-            "ok" if factor >= 10 else "fail",
-            f"one batch of {small.shape[0]} images: loss {losses[0]:.3f} → {losses[-1]:.4f} "
-            f"({factor:.0f}× in {len(losses)} steps; needs ≥ 10×)",
-        )
-    )
-
-    # Denoising picture: the run's model on its own resolution, else the overfit model.
-    if run_denoiser is not None:
-        picture = denoise_picture(run_denoiser, to_model_range(images[pick]), out / "denoise.png")
-        who = "the run's EMA model"
-    else:
-        picture = denoise_picture(tiny, small, out / "denoise.png")
-        who = "the one-batch overfit model (pass --run RUN to see a trained one)"
-    findings.append(
-        Finding(
-            "denoise", "info", f"{picture}: clean row, then noisy/denoised rows at σ 0.1, 0.5, 2, 10 by {who}"
-        )
-    )
-
-    # Samplers against the closed form, with the data's per-channel mean/std.
-    mu, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"]).clamp_min(0.2)
-    edm = make_formulation("edm")
-    bad = []
-    for name in SAMPLERS:
-        form = make_formulation("vp-eps") if name == "ddpm" else edm
-        schedule, steps = ("vp", 100) if name == "ddpm" else ("karras", GAUSSIAN_STEPS.get(name, 32))
-        mean_err, std_err = check_sampler_on_gaussian(mu, std, name, form, schedule, steps, seed=seed)
-        if mean_err > 0.05 or std_err > 0.1:
-            bad.append(f"{name} (mean error {mean_err:.3f}, std error {std_err:.1%})")
-    findings.append(
-        Finding(
-            "sampler",
-            "fail" if bad else "ok",
-            ("wrong distribution from " + ", ".join(bad))
-            if bad
-            else f"all {len(SAMPLERS)} samplers reproduce N(data mean, data std) within 0.05 / 10%",
-        )
-    )
-    if run is None:
-        findings.append(check_pairing(edm, get_sigmas("karras", 18, edm)))
-        findings += check_environment()
-        findings.append(
-            Finding("no-ema", "info", "no --run given; `diffengine train` keeps an EMA by default")
-        )
-    findings += run_findings
+    run_findings, models = check_run(Path(run)) if run is not None else ([], None)
+    chosen = models.preset if models is not None else get_preset(preset)
+    findings, images, stats = check_data(data, chosen.unet.resolution, limit)
+    overfit, tiny = check_overfit(images, chosen, overfit_steps, seed)
+    findings += overfit
+    findings += check_denoise(images, Path(out), models, tiny)
+    findings += check_ema_of_run(images, models)
+    findings += check_samplers(stats, seed)
+    findings += run_findings if run is not None else check_defaults(chosen)
     return DoctorReport(str(data), tuple(findings), stats, time.perf_counter() - start)

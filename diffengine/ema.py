@@ -1,9 +1,12 @@
-"""Exponential moving average of weights with EDM's half-life-in-images schedule.
+"""Exponential moving average of weights with EDM's half-life-in-images schedule and its warm-up.
 
 After each optimiser step on ``batch_size`` images the average moves by β = 0.5^(batch / h), where the
-half-life h = ``half_life_kimg``·1000 images, capped at ``rampup_ratio`` · images seen so far (EDM's
-ramp-up: early in training the average covers only the recent past, so short runs still benefit).
-Buffers (e.g. the noise-embedding frequencies) are copied, not averaged.
+half-life h = min(``half_life_kimg``·1000, ``rampup_ratio``·images seen) (EDM's ramp-up). The ramp is
+the warm-up: after n images the average spans at most the last 5 % of them, so the random initial
+weights are forgotten as fast as training moves on (without it a 50 kimg half-life keeps a short run's
+EMA at the initialisation: the "EMA samples stay noise" failure). ``half_life()`` is the current
+effective length, which the training log records. Buffers (e.g. noise-embedding frequencies) are
+copied, not averaged.
 """
 
 from __future__ import annotations
@@ -37,12 +40,24 @@ class EMA:
         self.rampup_ratio = rampup_ratio
         self.nimg = 0
 
-    def beta(self) -> float:
-        """Decay of the next update (after ``nimg`` has been advanced)."""
+    def half_life(self) -> float:
+        """The effective half-life in images now: the configured one, or less during the ramp-up."""
         half_life = self.half_life_kimg * 1000
         if self.rampup_ratio is not None:
             half_life = min(half_life, self.nimg * self.rampup_ratio)
-        return 0.5 ** (self.batch_size / max(half_life, 1e-8))
+        return half_life
+
+    def beta(self) -> float:
+        """Decay of the next update (after ``nimg`` has been advanced)."""
+        return 0.5 ** (self.batch_size / max(self.half_life(), 1e-8))
+
+    def describe(self) -> dict[str, float]:
+        """The averaging window as the log records it: half-life in images and in optimiser steps."""
+        half_life = self.half_life()
+        return {
+            "ema_half_life_img": round(half_life, 1),
+            "ema_half_life_steps": round(half_life / self.batch_size, 2),
+        }
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

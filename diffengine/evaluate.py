@@ -22,12 +22,14 @@ from typing import Any
 
 import torch
 
+from diffengine.config import DEFAULT_SAMPLE_STEPS, DEFAULT_SAMPLER, DEFAULT_SCHEDULE, Preset
 from diffengine.metrics.fid import MetricResult, fid_from_features, kid, precision_recall
 from diffengine.metrics.inception import InceptionFeatures, default_inception
 from diffengine.metrics.refstats import RefStats, reference_statistics
 
 __all__ = [
     "FID_PAPER_N",
+    "SWEEP_SAMPLERS",
     "evaluate_run",
     "generate_timed",
     "kid_during_training",
@@ -81,6 +83,10 @@ def score_images(
     return results
 
 
+# Quality-vs-NFE sweep default: the first-order baseline, the EDM sampler and the multistep solvers.
+SWEEP_SAMPLERS = ("euler", "heun", "dpmpp2m", "dpmpp3m", "ipndm", "ddim")
+
+
 def steps_for_nfe(sampler: str, target_nfe: int) -> int:
     """Smallest step count whose NFE (``diffengine.samplers.nfe``) reaches ``target_nfe``."""
     from diffengine.samplers import nfe
@@ -91,16 +97,21 @@ def steps_for_nfe(sampler: str, target_nfe: int) -> int:
     return target_nfe
 
 
-def _load(run_dir: str | Path, device: str) -> tuple[Any, str]:
-    """The run's EMA denoiser and the σ schedule it was trained to sample with."""
+def _load(run_dir: str | Path, device: str) -> tuple[Any, Preset]:
+    """The run's EMA denoiser and its preset (the sampler, steps and σ schedule it samples with)."""
     from diffengine.generate import load_run
 
-    denoiser, preset = load_run(Path(run_dir), device=device)
-    return denoiser, str(preset.schedule)
+    return load_run(Path(run_dir), device=device)
 
 
 def generate_timed(
-    denoiser: Any, n: int, sampler: str, steps: int, seed: int, batch_size: int, schedule: str = "karras"
+    denoiser: Any,
+    n: int,
+    sampler: str,
+    steps: int,
+    seed: int,
+    batch_size: int,
+    schedule: str = DEFAULT_SCHEDULE,
 ) -> tuple[torch.Tensor, float]:
     from diffengine.generate import generate
 
@@ -146,8 +157,8 @@ def evaluate_run(
     run_dir: str | Path,
     ref: str | Path | RefStats,
     n: int = FID_PAPER_N,
-    sampler: str = "heun",
-    steps: int = 18,
+    sampler: str | None = None,
+    steps: int | None = None,
     batch_size: int = 64,
     seed: int = 0,
     *,
@@ -160,10 +171,14 @@ def evaluate_run(
     extractor: InceptionFeatures | None = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
-    """Generate ``n`` samples from the run's (EMA) model and score them against ``ref``."""
+    """Generate ``n`` samples from the run's (EMA) model and score them against ``ref``; ``sampler`` and
+    ``steps`` default to the run's preset (``Preset.sampler`` / ``sample_steps``)."""
     start = time.perf_counter()
     extractor = extractor or default_extractor(device)
-    denoiser, schedule = _load(run_dir, device)
+    denoiser, preset = _load(run_dir, device)
+    sampler = sampler or preset.sampler
+    steps = steps or preset.sample_steps
+    schedule = preset.schedule
     images, gen_s = generate_timed(denoiser, n, sampler, steps, seed, batch_size, schedule)
     stats = (
         ref
@@ -223,7 +238,7 @@ def sweep(
     run_dir: str | Path,
     ref: str | Path | RefStats,
     n: int = 1000,
-    samplers: Sequence[str] = ("euler", "heun", "dpmpp2m", "ddim"),
+    samplers: Sequence[str] = SWEEP_SAMPLERS,
     nfes: Sequence[int] = (10, 20, 50),
     batch_size: int = 64,
     seed: int = 0,
@@ -238,7 +253,8 @@ def sweep(
 ) -> dict[str, Any]:
     """Quality vs NFE for each sampler: one row per (sampler, NFE); table printed, JSON + PNG written."""
     extractor = extractor or default_extractor(device)
-    denoiser, schedule = _load(run_dir, device)
+    denoiser, preset = _load(run_dir, device)
+    schedule = preset.schedule
     stats: RefStats | None = ref if isinstance(ref, RefStats) else None
     rows: list[dict[str, Any]] = []
     for name in samplers:
@@ -313,12 +329,12 @@ def kid_during_training(
     denoiser: Any,
     ref: RefStats,
     n: int = 256,
-    sampler: str = "dpmpp2m",
-    steps: int = 20,
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int = DEFAULT_SAMPLE_STEPS,
     seed: int = 0,
     batch_size: int = 64,
     extractor: InceptionFeatures | None = None,
-    schedule: str = "karras",
+    schedule: str = DEFAULT_SCHEDULE,
 ) -> dict[str, Any]:
     """Small-sample KID of ``denoiser`` (fixed seed → comparable across steps) for the training log.
 

@@ -11,6 +11,7 @@ import click
 
 from diffengine.data import DataError
 from diffengine.distributed import pick_device
+from diffengine.evaluate import SWEEP_SAMPLERS
 from diffengine.metrics.inception import InceptionWeightsError, load_inception
 
 __all__ = ["eval_command"]
@@ -42,8 +43,10 @@ def _ints(value: str) -> list[int]:
     type=click.IntRange(min=2),
     help="Generated samples (FID is paper-comparable at 10k/50k; use KID for small n).",
 )
-@click.option("--sampler", default="heun", show_default=True)
-@click.option("--steps", default=18, show_default=True, type=click.IntRange(min=1))
+@click.option("--sampler", default=None, help="[default: the run's preset, e.g. ipndm]")
+@click.option(
+    "--steps", default=None, type=click.IntRange(min=1), help="[default: the run's preset, e.g. 20]"
+)
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option(
@@ -61,7 +64,7 @@ def _ints(value: str) -> list[int]:
 @click.option(
     "--sweep", "do_sweep", is_flag=True, help="Quality vs NFE for each of --samplers at each --nfe."
 )
-@click.option("--samplers", default="euler,heun,dpmpp2m,ddim", show_default=True, help="Sweep samplers.")
+@click.option("--samplers", default=",".join(SWEEP_SAMPLERS), show_default=True, help="Sweep samplers.")
 @click.option("--nfe", "nfes", default="10,20,50", show_default=True, help="Sweep NFE targets.")
 @click.option(
     "--device",
@@ -85,8 +88,8 @@ def eval_command(
     run: Path,
     ref: Path,
     n: int,
-    sampler: str,
-    steps: int,
+    sampler: str | None,
+    steps: int | None,
     batch_size: int,
     seed: int,
     split: str,
@@ -104,7 +107,9 @@ def eval_command(
     from diffengine.evaluate import evaluate_run, sweep
     from diffengine.samplers import SAMPLERS
 
-    names = [s.strip() for s in samplers.split(",") if s.strip()] if do_sweep else [sampler]
+    names = (
+        [s.strip() for s in samplers.split(",") if s.strip()] if do_sweep else [sampler] if sampler else []
+    )
     unknown = [s for s in names if s not in SAMPLERS]
     if unknown:
         raise click.BadParameter(f"unknown sampler(s) {unknown}; choose from {', '.join(SAMPLERS)}")

@@ -1,7 +1,10 @@
-"""Training plots from ``log.jsonl``: total loss and loss per σ bucket over steps.
+"""Training plots from ``log.jsonl`` (loss and loss per σ bucket over steps) and labelled image sheets.
 
-Drawn with matplotlib's object API (``Figure``, no pyplot): importing or plotting never switches the
-caller's matplotlib backend.
+Loss curves are drawn twice: the logged values thin and light, an exponential moving average
+(:func:`smooth`) on top, so the trend is readable through the step-to-step noise. Drawn with
+matplotlib's object API (``Figure``, no pyplot): importing or plotting never switches the caller's
+matplotlib backend. Image sheets (preview grids with raw | EMA panels, the doctor's denoising picture
+with σ row labels) are composed with PIL.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 import matplotlib
 from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
 
 
 def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -68,15 +72,32 @@ def drop_partial_line(path: str | os.PathLike[str]) -> int:
     return size - keep
 
 
+def smooth(values: list[float], weight: float = 0.8) -> list[float]:
+    """Exponential moving average with bias correction (TensorBoard's smoothing): the first point is
+    the first value, later points weigh the past by ``weight``."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight**i))
+    return out
+
+
+def _curve(ax: Any, xs: list[float], ys: list[float], color: Any, label: str) -> None:
+    """Raw points thin and light behind, the smoothed curve on top (only the smoothed one in the legend)."""
+    ax.plot(xs, ys, lw=0.8, color=color, alpha=0.25)
+    ax.plot(xs, smooth(ys) if len(ys) > 2 else ys, lw=1.8, color=color, label=label)
+
+
 def plot_losses(records: list[dict[str, Any]], out: str | os.PathLike[str]) -> Path:
     """Two panels: loss (and KID, when logged) against step; loss per σ bucket against step."""
     out = Path(out)
     train = [r for r in records if "loss" in r]
-    fig = Figure(figsize=(11, 4))
+    fig = Figure(figsize=(13, 4.8))
     ax_loss, ax_bucket = fig.subplots(1, 2)
+    handles: list[Any] = []
     if train:
         steps = [r["step"] for r in train]
-        ax_loss.plot(steps, [r["loss"] for r in train], lw=1, label="loss (EDM-weighted)")
+        _curve(ax_loss, steps, [r["loss"] for r in train], "tab:blue", "loss (EDM-weighted), smoothed")
         ax_loss.set_yscale("log")
         edges = train[-1].get("sigma_edges")
         if edges:
@@ -86,21 +107,77 @@ def plot_losses(records: list[dict[str, Any]], out: str | os.PathLike[str]) -> P
                 pts = [(r["step"], r["sigma_loss"][b]) for r in train if r["sigma_loss"][b] is not None]
                 if pts:
                     xs, ys = zip(*pts, strict=True)
-                    label = f"σ∈[{edges[b]:.2g}, {edges[b + 1]:.2g})"
-                    ax_bucket.plot(xs, ys, lw=1, color=cmap(b / max(1, n - 1)), label=label)
+                    lo = "0" if b == 0 else f"{edges[b]:.2g}"  # outer buckets are open-ended
+                    hi = "∞" if b == n - 1 else f"{edges[b + 1]:.2g}"
+                    _curve(ax_bucket, list(xs), list(ys), cmap(b / max(1, n - 1)), f"σ ∈ [{lo}, {hi})")
             ax_bucket.set_yscale("log")
-            ax_bucket.legend(fontsize=6, loc="upper right")
+            ax_bucket.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5), title="noise level")
     kid = [r for r in records if "kid" in r and r["kid"] is not None and math.isfinite(r["kid"])]
     if kid:
         ax_kid = ax_loss.twinx()
         ax_kid.plot([r["step"] for r in kid], [r["kid"] for r in kid], "o-", color="tab:red", label="KID")
         ax_kid.set_ylabel("KID", color="tab:red")
+        handles = ax_kid.get_legend_handles_labels()[0]
     ax_loss.set_xlabel("step")
-    ax_loss.set_title("training loss")
-    ax_loss.legend(fontsize=7, loc="upper left")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("training loss (light: logged values)")
+    ax_loss.grid(True, which="both", alpha=0.3)
+    if train or kid:
+        ax_loss.legend(
+            handles=ax_loss.get_legend_handles_labels()[0] + handles, fontsize=9, loc="upper right"
+        )
     ax_bucket.set_xlabel("step")
-    ax_bucket.set_title("loss by noise level σ")
+    ax_bucket.set_ylabel("loss")
+    ax_bucket.set_title("loss by noise level σ (smoothed)")
+    ax_bucket.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=110)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Labelled image sheets
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """DejaVu Sans (shipped with matplotlib; it has σ), else PIL's default font."""
+    from matplotlib import font_manager
+
+    try:
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=True), size)
+    except OSError:
+        return ImageFont.load_default(size=size)
+
+
+def side_by_side(panels: dict[str, Image.Image], gap: int = 16, title_size: int = 18) -> Image.Image:
+    """Images in one row, each under its title, on white."""
+    font = _font(title_size)
+    band = title_size + 10
+    width = sum(p.width for p in panels.values()) + gap * (len(panels) - 1)
+    height = band + max(p.height for p in panels.values())
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    x = 0
+    for title, panel in panels.items():
+        sheet.paste(panel, (x, band))
+        draw.text((x + panel.width // 2, band // 2), title, fill="black", font=font, anchor="mm")
+        x += panel.width + gap
+    return sheet
+
+
+def with_row_labels(
+    grid: Image.Image, labels: list[str], row_height: int, pad: int, size: int = 14
+) -> Image.Image:
+    """``grid`` with a white column on the left naming each row (rows of ``row_height`` px after
+    ``pad`` px of padding, as :func:`diffengine.generate.make_grid` lays them out)."""
+    font = _font(size)
+    probe = ImageDraw.Draw(grid)
+    margin = 8 + max(int(probe.textlength(label, font=font)) for label in labels)
+    sheet = Image.new("RGB", (grid.width + margin, grid.height), "white")
+    sheet.paste(grid, (margin, 0))
+    draw = ImageDraw.Draw(sheet)
+    for i, label in enumerate(labels):
+        y = pad + i * (row_height + pad) + row_height // 2
+        draw.text((margin - 6, y), label, fill="black", font=font, anchor="rm")
+    return sheet

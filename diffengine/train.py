@@ -3,13 +3,20 @@
     cfg = TrainConfig(data="faces/", out="runs/faces64", preset="faces64")
     train(cfg)                      # or: torchrun --nproc_per_node 4 -m diffengine train faces/ ...
 
-What it does, in order: join torch.distributed if launched by torchrun; build the preset's UNet inside
-its formulation (EDM by default); load every image once into a uint8 tensor; optionally resume the
-latest checkpoint (model, EMA, optimizer, step, every RNG and the data order: a resumed run on the CPU
-equals an uninterrupted one bit for bit); then loop: batch -> checked -> loss (autocast) -> backward ->
-clip -> AdamW with linear warm-up -> EMA. Every ``log_every`` steps the loss per σ bucket goes to
-``log.jsonl``; every ``sample_every`` a grid from fixed noise with the EMA weights and a loss plot;
-every ``ckpt_every`` a checkpoint. Ctrl-C or SIGTERM finish the current step, save and stop.
+:func:`train` is a loop over named stages, each a small function:
+
+1. ``_set_up``: join torch.distributed if launched by torchrun; open the data (``_open_data``: every
+   image decoded once into a uint8 tensor, a deterministic sharded order); build the preset's UNet
+   inside its formulation (EDM by default), the EMA, AdamW, the noise generator. All of it is one
+   :class:`Run`.
+2. ``_resume``: the latest checkpoint's model, EMA, optimizer, step, every RNG and the data order (a
+   resumed run on the CPU equals an uninterrupted one bit for bit).
+3. ``_train_step``: batch -> checked -> loss (autocast) -> backward -> clip -> AdamW with linear
+   warm-up -> EMA, returning a :class:`StepOutput`.
+4. periodic work: every ``log_every`` steps ``_log`` (loss, loss per σ bucket, the EMA's current
+   half-life) to ``log.jsonl``; every ``sample_every`` ``_preview`` (raw | EMA grids from the same fixed
+   noise, and the loss plot); every ``ckpt_every`` ``_checkpoint``. Ctrl-C or SIGTERM finish the
+   current step, save and stop.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -39,15 +46,15 @@ from diffengine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from diffengine.config import Preset, UNetConfig, config_to_dict, get_preset
+from diffengine.config import Precision, Preset, UNetConfig, config_to_dict, get_preset
 from diffengine.data import BatchStream, DataCheckError, check_batch, load_dataset
+from diffengine.distributed import DistInfo
 from diffengine.ema import EMA
-from diffengine.generate import build_denoiser, generate, save_grid
+from diffengine.generate import build_denoiser, generate, save_comparison
 from diffengine.loss import diffusion_loss
 from diffengine.plots import drop_partial_line, plot_losses, read_log
 from diffengine.precond import Denoiser
 
-Precision = Literal["auto", "bf16", "fp32", "fp16"]
 EvalFn = Callable[[Denoiser, int], dict[str, Any]]  # (EMA denoiser, step) -> e.g. {"kid": ...}
 
 
@@ -65,7 +72,7 @@ class TrainConfig:
     grad_clip: float | None = None  # max gradient norm; 0 disables
     ema: bool = True
     ema_half_life_kimg: float | None = None
-    precision: Precision = "auto"
+    precision: Precision | None = None  # None: the preset's ("auto": bf16 where supported, else fp32)
     channels_last: bool | None = None  # None: on CUDA only
     compile: bool = False
     seed: int = 0
@@ -110,6 +117,7 @@ def effective_preset(cfg: TrainConfig) -> Preset:
         ("grad_clip", cfg.grad_clip),
         ("ema_half_life_kimg", cfg.ema_half_life_kimg),
         ("formulation", cfg.formulation),
+        ("precision", cfg.precision),
     ):
         if value is not None:
             changes[name] = value
@@ -210,39 +218,93 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The loop
+# Stage 1: set-up
 
 
-def train(cfg: TrainConfig, eval_fn: EvalFn | None = None) -> TrainResult:
-    """Train (or resume) the run described by ``cfg``; returns a summary. See the module docstring."""
-    dist = distributed.init(cfg.device)
-    device, main = dist.device, dist.is_main
-    preset = effective_preset(cfg)
-    res = preset.unet.resolution
-    out = Path(cfg.out)
-    ckpt_dir = out / "checkpoints"
-    if main:
-        (out / "samples").mkdir(parents=True, exist_ok=True)
+class BatchSource(Protocol):
+    """What the loop needs of the data: ``diffengine.data.BatchStream`` (or a streaming loader)."""
 
-    # ---- data: decoded once, uint8 in memory, deterministic sharded order -------------------------
+    def next(self, device: torch.device | str = "cpu") -> torch.Tensor: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def _open_data(cfg: TrainConfig, preset: Preset, dist: DistInfo) -> tuple[BatchSource, int]:
+    """The training batches of this rank and how many images there are: the one place the data source
+    is chosen (uint8 in memory, deterministic sharded order, random flips)."""
     images, _names = load_dataset(
         cfg.data,
-        res,
+        preset.unet.resolution,
         split="train" if cfg.holdout > 0 else "all",
         heldout_fraction=cfg.holdout if cfg.holdout > 0 else 0.1,
     )
     stream = BatchStream(images, preset.batch_size, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
+    return stream, int(images.shape[0])
 
-    # ---- model, EMA, optimizer --------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """Everything the loop works on; built once by :func:`_set_up`."""
+
+    cfg: TrainConfig
+    preset: Preset
+    dist: DistInfo
+    out: Path
+    stream: BatchSource
+    n_images: int
+    denoiser: Denoiser  # the plain network (raw weights) inside the formulation
+    ema: EMA | None
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype
+    noise_gen: torch.Generator  # σ and noise of the loss, per rank
+    channels_last: bool
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def main(self) -> bool:
+        return self.dist.is_main
+
+    @property
+    def net(self) -> nn.Module:
+        return self.denoiser.net
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "log.jsonl"
+
+    @property
+    def ema_denoiser(self) -> Denoiser:
+        """The EMA weights inside the formulation (the raw denoiser when EMA is off)."""
+        return Denoiser(self.ema.module, self.denoiser.formulation) if self.ema else self.denoiser
+
+
+def _set_up(cfg: TrainConfig) -> Run:
+    dist = distributed.init(cfg.device)
+    device = dist.device
+    preset = effective_preset(cfg)
+    out = Path(cfg.out)
+    if dist.is_main:
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+    stream, n_images = _open_data(cfg, preset, dist)
+
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     denoiser = build_denoiser(preset).to(device)
-    net = denoiser.net
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     if channels_last:
-        net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        denoiser.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     ema = (
         EMA(
-            net,
+            denoiser.net,
             half_life_kimg=preset.ema_half_life_kimg,
             batch_size=preset.batch_size * dist.world_size,
             rampup_ratio=preset.ema_rampup_ratio,
@@ -251,233 +313,333 @@ def train(cfg: TrainConfig, eval_fn: EvalFn | None = None) -> TrainResult:
         else None
     )
     opt = torch.optim.AdamW(
-        net.parameters(), lr=preset.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=preset.weight_decay
+        denoiser.net.parameters(),
+        lr=preset.lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=preset.weight_decay,
     )
-    dtype = resolve_precision(cfg.precision, device)
+    dtype = resolve_precision(preset.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    noise_gen = torch.Generator(device).manual_seed(cfg.seed * 1000 + dist.rank + 1)  # σ and noise, per rank
+    noise_gen = torch.Generator(device).manual_seed(cfg.seed * 1000 + dist.rank + 1)
     torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per rank
+    return Run(
+        cfg, preset, dist, out, stream, n_images, denoiser, ema, opt, scaler, dtype, noise_gen, channels_last
+    )
 
-    # ---- resume -----------------------------------------------------------------------------------
-    step = 0
-    if main:
-        recover(ckpt_dir)  # what a killed save left: an aside copy put back, .tmp-* litter removed
+
+# ---------------------------------------------------------------------------------------------------
+# Stage 2: resume
+
+
+def _resume(run: Run) -> int:
+    """Put back what a killed save left, refuse to overwrite a run, and with ``--resume`` load the newest
+    intact checkpoint (a damaged newer one is skipped with a warning). Returns the step to start at."""
+    cfg, dist, ckpt_dir = run.cfg, run.dist, run.ckpt_dir
+    if run.main:
+        recover(ckpt_dir)  # an aside copy put back, .tmp-* litter removed
     distributed.barrier(dist)
-    if not cfg.resume and latest_checkpoint(ckpt_dir) is not None:
-        raise FileExistsError(f"{out} already holds checkpoints: pass --resume to continue, or another --out")
-    if cfg.resume:
-        if latest_checkpoint(ckpt_dir) is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
-        ckpt = load_checkpoint(ckpt_dir)  # the newest intact one: a damaged newer one is skipped (warning)
-        found = ckpt.path
-        saved_unet = ckpt.state["preset"]["unet"]
-        if saved_unet != config_to_dict(preset.unet):
-            raise ValueError(f"--resume: {found} was trained with a different network ({saved_unet})")
-        net.load_state_dict(ckpt.model)
-        if ema is not None:
-            if ckpt.ema is None:
-                raise ValueError(f"--resume: {found} has no EMA weights but EMA is on")
-            ema.load_state_dict({"module": ckpt.ema, **ckpt.state["ema"]})
-        if ckpt.optimizer is not None:
-            opt.load_state_dict(ckpt.optimizer)
-        if scaler.is_enabled() and ckpt.state.get("scaler"):
-            scaler.load_state_dict(ckpt.state["scaler"])
-        ranks = ckpt.state["ranks"]
-        if len(ranks) != dist.world_size:
-            raise ValueError(
-                f"--resume: {found} was written by {len(ranks)} process(es), now {dist.world_size}"
+    if not cfg.resume:
+        if latest_checkpoint(ckpt_dir) is not None:
+            raise FileExistsError(
+                f"{run.out} already holds checkpoints: pass --resume to continue, or another --out"
             )
-        mine = ranks[dist.rank]
-        stream.load_state_dict(mine["data"])
-        noise_gen.set_state(mine["noise_gen"])
-        set_rng_state(mine["rng"])
-        step = ckpt.step
-        if main:
-            print(f"resumed from {found} at step {step}")
+        return 0
+    if latest_checkpoint(ckpt_dir) is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+    ckpt = load_checkpoint(ckpt_dir)
+    found = ckpt.path
+    saved_unet = ckpt.state["preset"]["unet"]
+    if saved_unet != config_to_dict(run.preset.unet):
+        raise ValueError(f"--resume: {found} was trained with a different network ({saved_unet})")
+    run.net.load_state_dict(ckpt.model)
+    if run.ema is not None:
+        if ckpt.ema is None:
+            raise ValueError(f"--resume: {found} has no EMA weights but EMA is on")
+        run.ema.load_state_dict({"module": ckpt.ema, **ckpt.state["ema"]})
+    if ckpt.optimizer is not None:
+        run.opt.load_state_dict(ckpt.optimizer)
+    if run.scaler.is_enabled() and ckpt.state.get("scaler"):
+        run.scaler.load_state_dict(ckpt.state["scaler"])
+    ranks = ckpt.state["ranks"]
+    if len(ranks) != dist.world_size:
+        raise ValueError(f"--resume: {found} was written by {len(ranks)} process(es), now {dist.world_size}")
+    mine = ranks[dist.rank]
+    run.stream.load_state_dict(mine["data"])
+    run.noise_gen.set_state(mine["noise_gen"])
+    set_rng_state(mine["rng"])
+    if run.main:
+        print(f"resumed from {found} at step {ckpt.step}")
+    return ckpt.step
 
-    # ---- wrappers: compile, DDP (the Denoiser calls whatever ``net`` is) -------------------------------
-    train_net: nn.Module = net
-    if cfg.compile:
+
+def _wrap(run: Run) -> Denoiser:
+    """The denoiser the loop trains through: ``torch.compile`` and DDP around the same ``net``."""
+    train_net: nn.Module = run.net
+    if run.cfg.compile:
         train_net = torch.compile(train_net)  # type: ignore[assignment]
-    if dist.enabled:
+    if run.dist.enabled:
+        device = run.device
         train_net = nn.parallel.DistributedDataParallel(
             train_net, device_ids=[device.index] if device.type == "cuda" else None
         )
-    model = Denoiser(train_net, denoiser.formulation)
-    model.train()
-    ema_denoiser = Denoiser(ema.module, denoiser.formulation) if ema is not None else denoiser
-    fixed_seed = cfg.seed + 12345  # preview grids always start from the same noise
+    return Denoiser(train_net, run.denoiser.formulation).train()
 
-    form = denoiser.formulation
-    buckets = SigmaBuckets(sigma_edges(form.sigma_min, form.sigma_max), device)
-    log_path = out / "log.jsonl"
-    if main:
-        dropped = drop_partial_line(log_path)
-        if dropped:
-            print(f"{log_path}: dropped a partial last line ({dropped} bytes) left by an interrupted run")
-        (out / "config.json").write_text(
-            json.dumps({"train": dataclasses.asdict(cfg), "preset": config_to_dict(preset)}, indent=2)
-        )
-        print(
-            f"{preset.name}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters, "
-            f"{images.shape[0]} images at {res}px, global batch {stream.global_batch}, "
-            f"{str(dtype).removeprefix('torch.')} on {device}"
-            + (f" x{dist.world_size}" if dist.enabled else "")
-        )
 
-    def state_for_checkpoint() -> dict[str, Any]:
-        mine = {"data": stream.state_dict(), "noise_gen": noise_gen.get_state(), "rng": rng_state()}
-        ranks = [mine]
-        if dist.enabled:
-            gathered: list[Any] = [None] * dist.world_size
-            torch.distributed.all_gather_object(gathered, mine)
-            ranks = gathered
-        return {
-            "ranks": ranks,
-            "preset": config_to_dict(preset),
-            "train": dataclasses.asdict(cfg),
-            "ema": {k: v for k, v in ema.state_dict().items() if k != "module"} if ema else None,
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+def _announce(run: Run) -> None:
+    """Cut a partial last log line, write ``config.json`` and print one line about the run."""
+    if not run.main:
+        return
+    dropped = drop_partial_line(run.log_path)
+    if dropped:
+        print(f"{run.log_path}: dropped a partial last line ({dropped} bytes) left by an interrupted run")
+    (run.out / "config.json").write_text(
+        json.dumps({"train": dataclasses.asdict(run.cfg), "preset": config_to_dict(run.preset)}, indent=2)
+    )
+    preset, dist = run.preset, run.dist
+    print(
+        f"{preset.name}: {sum(p.numel() for p in run.net.parameters()) / 1e6:.2f}M parameters, "
+        f"{run.n_images} images at {preset.unet.resolution}px, global batch "
+        f"{preset.batch_size * dist.world_size}, {str(run.dtype).removeprefix('torch.')} on {run.device}"
+        + (f" x{dist.world_size}" if dist.enabled else "")
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stage 3: one optimisation step
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    loss: torch.Tensor  # 0-d, on the device (no sync)
+    sigma: torch.Tensor  # (B,)
+    per_sample: torch.Tensor  # (B,)
+    grad_norm: torch.Tensor
+    lr: float
+    images: int  # images this step over all ranks
+
+
+def _train_step(run: Run, model: Denoiser, step: int, check: bool) -> StepOutput:
+    """Batch (uint8 -> [-1, 1] on the device, random flips; checked when ``check``: a sync, so bad data
+    stops the run with a reason) -> loss -> backward -> clip -> AdamW -> EMA."""
+    x = run.stream.next(run.device)
+    if run.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if check:
+        for note in check_batch(x):
+            warnings.warn(f"step {step}: {note}", stacklevel=1)
+    preset, opt, scaler, dtype = run.preset, run.opt, run.scaler, run.dtype
+    lr = learning_rate(step, preset.lr, preset.warmup_steps)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with torch.autocast(run.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        out = diffusion_loss(model, x, generator=run.noise_gen)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(out.loss).backward()
+    scaler.unscale_(opt)
+    grad_norm = (
+        torch.nn.utils.clip_grad_norm_(run.net.parameters(), preset.grad_clip)
+        if preset.grad_clip > 0
+        else torch.zeros((), device=run.device)
+    )
+    scaler.step(opt)
+    scaler.update()
+    if run.ema is not None:
+        run.ema.update(run.net)
+    return StepOutput(
+        out.loss.detach(), out.sigma, out.per_sample, grad_norm, lr, x.shape[0] * run.dist.world_size
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stage 4: periodic work
+
+
+@dataclass
+class Progress:
+    """The loss window since the last log line and the run's summary numbers."""
+
+    buckets: SigmaBuckets
+    window: list[torch.Tensor] = field(default_factory=list)
+    images: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    first_loss: float = float("nan")
+    last_loss: float = float("nan")
+    images_per_s: float = 0.0
+    last_ckpt: Path | None = None
+
+    def add(self, out: StepOutput) -> None:
+        self.buckets.add(out.sigma, out.per_sample)
+        self.window.append(out.loss)
+        self.images += out.images
+
+
+def _log(run: Run, progress: Progress, step: int, out: StepOutput) -> float:
+    """One ``log.jsonl`` record: the window's mean loss (over ranks), loss per σ bucket, speed, the EMA's
+    current half-life. Returns the loss; a non-finite one stops the run."""
+    loss = float(distributed.all_reduce_mean(torch.stack(progress.window).mean(), run.dist))
+    progress.window.clear()
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"step {step}: loss is {loss}; lower --lr or use fp32")
+    now = time.perf_counter()
+    progress.images_per_s = progress.images / max(now - progress.started, 1e-9)
+    progress.started, progress.images = now, 0
+    progress.first_loss = loss if math.isnan(progress.first_loss) else progress.first_loss
+    progress.last_loss = loss
+    sigma_loss = progress.buckets.flush()
+    if run.main:
+        record = {
+            "step": step,
+            "loss": loss,
+            "lr": out.lr,
+            "grad_norm": float(out.grad_norm),
+            "images_per_s": round(progress.images_per_s, 2),
+            "sigma_edges": progress.buckets.edges.tolist(),
+            "sigma_loss": sigma_loss,
+            **(run.ema.describe() if run.ema else {}),
+            "time": time.time(),
         }
+        _append_jsonl(run.log_path, record)
+    return loss
 
-    def checkpoint() -> Path | None:
-        state = state_for_checkpoint()  # collective: every rank calls it
-        if not main:
-            return None
-        return save_checkpoint(
-            ckpt_dir,
-            step,
-            net.state_dict(),
-            state,
-            ema=ema.module.state_dict() if ema else None,
-            optimizer=opt.state_dict(),
-            keep=cfg.keep,
-        )
 
-    def preview() -> None:
-        if not main:
-            return
-        samples = generate(
-            ema_denoiser,
-            min(cfg.num_samples, 64),
+PREVIEW_SEED_OFFSET = 12345  # preview grids always start from the same noise: seed + this
+
+
+def _preview(run: Run, step: int) -> None:
+    """``samples/step_N.png`` and ``samples/latest.png``: raw and EMA samples side by side from the same
+    noise (the preset's sampler and steps), and ``loss.png``."""
+    if not run.main:
+        return
+    preset = run.preset
+    panels = (
+        {"raw weights": run.denoiser, "EMA weights": run.ema_denoiser} if run.ema else {"raw": run.denoiser}
+    )
+    grids = {
+        title: generate(
+            denoiser,
+            min(run.cfg.num_samples, 64),
             sampler=preset.sampler,
             steps=preset.sample_steps,
-            seed=fixed_seed,
+            seed=run.cfg.seed + PREVIEW_SEED_OFFSET,
             schedule=preset.schedule,
         )
-        save_grid(samples, out / "samples" / f"step_{step:08d}.png")
-        save_grid(samples, out / "samples" / "latest.png")
-        if log_path.is_file():
-            plot_losses(read_log(log_path), out / "loss.png")
+        for title, denoiser in panels.items()
+    }
+    save_comparison(grids, run.out / "samples" / f"step_{step:08d}.png")
+    save_comparison(grids, run.out / "samples" / "latest.png")
+    if run.log_path.is_file():
+        plot_losses(read_log(run.log_path), run.out / "loss.png")
 
-    # ---- the loop ---------------------------------------------------------------------------------
-    window: list[torch.Tensor] = []
-    first_loss = last_loss = float("nan")
-    last_ckpt: Path | None = None
-    t_window, n_window = time.perf_counter(), 0
-    images_per_s = 0.0
-    stop = StopFlag()
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (main and cfg.progress), dynamic_ncols=True)
-    interrupted = checked_first = False
-    with stop.installed():
+
+def _checkpoint(run: Run, step: int) -> Path | None:
+    """Save a checkpoint (collective: every rank calls it; the main one writes). Its path on the main rank."""
+    mine = {"data": run.stream.state_dict(), "noise_gen": run.noise_gen.get_state(), "rng": rng_state()}
+    ranks = [mine]
+    if run.dist.enabled:
+        gathered: list[Any] = [None] * run.dist.world_size
+        torch.distributed.all_gather_object(gathered, mine)
+        ranks = gathered
+    if not run.main:
+        return None
+    ema, scaler = run.ema, run.scaler
+    state = {
+        "ranks": ranks,
+        "preset": config_to_dict(run.preset),
+        "train": dataclasses.asdict(run.cfg),
+        "ema": {k: v for k, v in ema.state_dict().items() if k != "module"} if ema else None,
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+    }
+    return save_checkpoint(
+        run.ckpt_dir,
+        step,
+        run.net.state_dict(),
+        state,
+        ema=ema.module.state_dict() if ema else None,
+        optimizer=run.opt.state_dict(),
+        keep=run.cfg.keep,
+    )
+
+
+def _stop_now(run: Run, stop: StopFlag, step: int) -> bool:
+    """Ctrl-C / SIGTERM seen (on any rank: every 10 steps a collective, so all ranks stop together)."""
+    if run.dist.enabled and step % 10 == 0:
+        flag = torch.tensor(float(stop.requested), device=run.device)
+        stop.requested = float(distributed.all_reduce_mean(flag, run.dist)) > 0
+    return stop.requested and (not run.dist.enabled or step % 10 == 0)
+
+
+def _warn_if_flat(run: Run, progress: Progress, step: int) -> None:
+    first, last = progress.first_loss, progress.last_loss
+    if run.main and step >= max(50, 3 * run.cfg.log_every) and not last < 0.9 * first:
+        warnings.warn(
+            f"loss did not fall ({first:.4f} -> {last:.4f} over {step} steps): check the data "
+            "(`diffengine doctor DATA`), the learning rate and the preset",
+            stacklevel=3,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: TrainConfig, eval_fn: EvalFn | None = None) -> TrainResult:
+    """Train (or resume) the run described by ``cfg``; returns a summary. See the module docstring."""
+    run = _set_up(cfg)
+    step = _resume(run)
+    model = _wrap(run)
+    _announce(run)
+    form = run.denoiser.formulation
+    progress = Progress(SigmaBuckets(sigma_edges(form.sigma_min, form.sigma_max), run.device))
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (run.main and cfg.progress), dynamic_ncols=True)
+    interrupted, first = False, True
+    with StopFlag().installed() as stop:
         while step < cfg.max_steps:
-            # Batch: uint8 -> [-1, 1] float on the device, random flips; checked on the first step and
-            # at every log step (a sync), so bad data stops the run with a reason.
-            x = stream.next(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if checked_first is False or (step + 1) % cfg.log_every == 0:
-                checked_first = True
-                for note in check_batch(x):
-                    warnings.warn(f"step {step}: {note}", stacklevel=1)
-
-            lr = learning_rate(step, preset.lr, preset.warmup_steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                out_loss = diffusion_loss(model, x, generator=noise_gen)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(out_loss.loss).backward()
-            scaler.unscale_(opt)
-            grad_norm = (
-                torch.nn.utils.clip_grad_norm_(net.parameters(), preset.grad_clip)
-                if preset.grad_clip > 0
-                else torch.zeros((), device=device)
-            )
-            scaler.step(opt)
-            scaler.update()
-            if ema is not None:
-                ema.update(net)
-            buckets.add(out_loss.sigma, out_loss.per_sample)
+            out = _train_step(run, model, step, check=first or (step + 1) % cfg.log_every == 0)
+            first = False
             step += 1
-            n_window += x.shape[0] * dist.world_size
-            window.append(out_loss.loss.detach())
-
+            progress.add(out)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                loss = float(distributed.all_reduce_mean(torch.stack(window).mean(), dist))
-                window.clear()
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"step {step}: loss is {loss}; lower --lr or use fp32")
-                elapsed = time.perf_counter() - t_window
-                images_per_s = n_window / max(elapsed, 1e-9)
-                t_window, n_window = time.perf_counter(), 0
-                first_loss = loss if math.isnan(first_loss) else first_loss
-                last_loss = loss
-                sigma_loss = buckets.flush()
-                if main:
-                    _append_jsonl(
-                        log_path,
-                        {
-                            "step": step,
-                            "loss": loss,
-                            "lr": lr,
-                            "grad_norm": float(grad_norm),
-                            "images_per_s": round(images_per_s, 2),
-                            "sigma_edges": buckets.edges.tolist(),
-                            "sigma_loss": sigma_loss,
-                            "time": time.time(),
-                        },
-                    )
-                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.1f}", lr=f"{lr:.2e}")
+                loss = _log(run, progress, step, out)
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{progress.images_per_s:.1f}", lr=f"{out.lr:.2e}")
             bar.update(1)
-
-            if cfg.kid_every and eval_fn is not None and step % cfg.kid_every == 0 and main:
-                record = eval_fn(ema_denoiser, step)
-                _append_jsonl(log_path, {"step": step, **record})
+            if cfg.kid_every and eval_fn is not None and step % cfg.kid_every == 0 and run.main:
+                _append_jsonl(run.log_path, {"step": step, **eval_fn(run.ema_denoiser, step)})
             if step % cfg.sample_every == 0:
-                preview()
+                _preview(run, step)
             if step % cfg.ckpt_every == 0 and step < cfg.max_steps:
-                last_ckpt = checkpoint() or last_ckpt
-            if dist.enabled and step % 10 == 0:  # a collective: every rank stops after the same step
-                flag = torch.tensor(float(stop.requested), device=device)
-                stop.requested = float(distributed.all_reduce_mean(flag, dist)) > 0
-            if stop.requested and (not dist.enabled or step % 10 == 0):
+                progress.last_ckpt = _checkpoint(run, step) or progress.last_ckpt
+            if _stop_now(run, stop, step):
                 interrupted = True
                 break
     bar.close()
 
-    last_ckpt = checkpoint() or last_ckpt
-    if main and (interrupted or step % cfg.sample_every):
-        preview()
-    if main and interrupted:
-        print(f"stopped at step {step}; checkpoint {last_ckpt}; continue with --resume")
-    if main and not interrupted and step >= max(50, 3 * cfg.log_every) and not last_loss < 0.9 * first_loss:
-        warnings.warn(
-            f"loss did not fall ({first_loss:.4f} -> {last_loss:.4f} over {step} steps): check the data "
-            "(`diffengine doctor DATA`), the learning rate and the preset",
-            stacklevel=2,
-        )
-    distributed.barrier(dist)
-    distributed.cleanup(dist)
+    progress.last_ckpt = _checkpoint(run, step) or progress.last_ckpt
+    if interrupted or step % cfg.sample_every:
+        _preview(run, step)
+    if run.main and interrupted:
+        print(f"stopped at step {step}; checkpoint {progress.last_ckpt}; continue with --resume")
+    if not interrupted:
+        _warn_if_flat(run, progress, step)
+    distributed.barrier(run.dist)
+    distributed.cleanup(run.dist)
     return TrainResult(
         step=step,
-        first_loss=first_loss,
-        last_loss=last_loss,
-        images_per_s=images_per_s,
-        checkpoint=last_ckpt,
+        first_loss=progress.first_loss,
+        last_loss=progress.last_loss,
+        images_per_s=progress.images_per_s,
+        checkpoint=progress.last_ckpt,
         interrupted=interrupted,
-        net=net,
+        net=run.net,
     )
 
 
-__all__ = ["DataCheckError", "TrainConfig", "TrainResult", "UNetConfig", "effective_preset", "train"]
+__all__ = [
+    "BatchSource",
+    "DataCheckError",
+    "TrainConfig",
+    "TrainResult",
+    "UNetConfig",
+    "effective_preset",
+    "train",
+]

@@ -1,5 +1,6 @@
-"""Fixtures shared by the diffengine tests: one intra-op thread, a zip of real faces, tiny training
-configurations (factory fixtures) and the Inception weights guard.
+"""Fixtures shared by the diffengine tests: one intra-op thread, a zip of real faces, the tiny test
+network (``tiny_unet``, ``tiny_cli_args``), tiny training configurations (factory fixtures) and the
+Inception weights guard.
 
 Helpers are fixtures rather than an importable module because pytest runs with
 ``--import-mode=importlib``, under which ``tests`` is not a package on ``sys.path``.
@@ -7,7 +8,6 @@ Helpers are fixtures rather than an importable module because pytest runs with
 
 from __future__ import annotations
 
-import dataclasses
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +17,19 @@ import pytest
 import torch
 
 if TYPE_CHECKING:  # imported where used: kernel tests need not load the training stack
+    from diffengine.config import UNetConfig
     from diffengine.train import TrainConfig
+
+# The tests' network: 16 px, two levels, no attention (a training step takes milliseconds on a CPU).
+TINY_UNET_FIELDS: dict[str, Any] = {
+    "resolution": 16,
+    "model_channels": 32,
+    "channel_mult": (1, 2),
+    "num_res_blocks": 1,
+    "attn_resolutions": (),
+    "num_groups": 8,
+    "head_dim": 16,
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -42,9 +54,25 @@ def faces(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _tiny_train_kwargs(data: Path, **overrides: Any) -> dict[str, Any]:
-    from diffengine.doctor import TINY_UNET
+@pytest.fixture(scope="session")
+def tiny_unet() -> UNetConfig:
+    """The tests' tiny ``UNetConfig``."""
+    from diffengine.config import UNetConfig
 
+    return UNetConfig(**TINY_UNET_FIELDS)
+
+
+@pytest.fixture(scope="session")
+def tiny_cli_args() -> list[str]:
+    """``diffengine train`` options for a few CPU steps of the tiny network (faces32 preset, batch 4,
+    a log line every step)."""
+    args = ["--preset", "faces32", "--batch-size", "4", "--log-every", "1"]
+    for key, value in TINY_UNET_FIELDS.items():
+        args += ["--unet", f"{key}={value}"]
+    return args
+
+
+def _tiny_train_kwargs(data: Path, **overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "data": str(data),
         "preset": "faces32",
@@ -54,14 +82,14 @@ def _tiny_train_kwargs(data: Path, **overrides: Any) -> dict[str, Any]:
         "ckpt_every": 10**6,
         "num_samples": 4,
         "progress": False,
-        "unet": dataclasses.asdict(TINY_UNET),
+        "unet": dict(TINY_UNET_FIELDS),
     }
     return base | overrides
 
 
 @pytest.fixture(scope="session")
 def tiny_train_kwargs() -> Callable[..., dict[str, Any]]:
-    """``(data, **overrides) -> dict``: ``TrainConfig`` keywords for a few CPU steps of ``doctor.TINY_UNET``
+    """``(data, **overrides) -> dict``: ``TrainConfig`` keywords for a few CPU steps of ``tiny_unet``
     on ``data`` (no preview grids or checkpoints until the end, no progress bar); overrides win."""
     return _tiny_train_kwargs
 

@@ -2,50 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from diffengine.cli import main
-from diffengine.doctor import TINY_UNET
-
-TINY = [
-    "--unet",
-    f"resolution={TINY_UNET.resolution}",
-    "--unet",
-    f"model_channels={TINY_UNET.model_channels}",
-    "--unet",
-    f"channel_mult={TINY_UNET.channel_mult}",
-    "--unet",
-    "num_res_blocks=1",
-    "--unet",
-    "attn_resolutions=()",
-    "--unet",
-    f"num_groups={TINY_UNET.num_groups}",
-    "--unet",
-    f"head_dim={TINY_UNET.head_dim}",
-]
+from diffengine.config import DEFAULT_SAMPLE_STEPS, DEFAULT_SAMPLER, PRESETS
 
 
 @pytest.mark.filterwarnings("ignore:.*only 8 images")
-def test_train_resume_sample(faces: Path, tmp_path: Path) -> None:
+def test_train_resume_sample(
+    faces: Path, tmp_path: Path, tiny_cli_args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     runner = CliRunner()
     run = tmp_path / "run"
-    args = [
-        "train",
-        str(faces),
-        "--preset",
-        "faces32",
-        "--out",
-        str(run),
-        "--batch-size",
-        "4",
-        "--log-every",
-        "1",
-        *TINY,
-    ]
+    args = ["train", str(faces), "--out", str(run), *tiny_cli_args]
     result = runner.invoke(main, [*args, "--max-steps", "2"])
     assert result.exit_code == 0, result.output
     assert (
@@ -67,7 +42,23 @@ def test_train_resume_sample(faces: Path, tmp_path: Path) -> None:
     singles = sorted((tmp_path / "out" / "grid").glob("*.png"))
     assert [p.name for p in singles] == [f"sample_{i:05d}.png" for i in range(4)]
     assert all(Image.open(p).size == (16, 16) for p in singles)
-    assert Image.open(grid).size == (2 * 16 + 3 * 2,) * 2  # 2x2 grid with 2 px padding
+    assert Image.open(grid).size == (2 * 96 + 3 * 2,) * 2  # 2x2 grid, 16 px zoomed 6x, 2 px padding
+
+    # Without --sampler/--steps: the run's preset settings (one default for sample, eval, KID, previews).
+    from diffengine import generate
+
+    seen: dict[str, object] = {}
+    real = generate.generate
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return real(*args, **{**kwargs, "steps": 2})
+
+    monkeypatch.setattr(generate, "generate", spy)
+    result = runner.invoke(main, ["sample", str(run), "--n", "1", "--out", str(tmp_path / "d.png")])
+    assert result.exit_code == 0, result.output
+    assert (seen["sampler"], seen["steps"]) == (DEFAULT_SAMPLER, DEFAULT_SAMPLE_STEPS) == ("ipndm", 20)
+    assert all((p.sampler, p.sample_steps) == ("ipndm", 20) for p in PRESETS.values())
 
 
 def test_bad_input_gives_clear_errors(tmp_path: Path) -> None:
@@ -95,7 +86,9 @@ def test_bad_input_gives_clear_errors(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "no such file" in result.output
 
 
-def test_kid_hook_embeds_the_reference_with_the_training_device_extractor(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_kid_hook_embeds_the_reference_with_the_training_device_extractor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """One Inception per process: the reference statistics use the extractor the KID evaluations will
     use (cached per device), not a second one loaded on the CPU."""
     import types
@@ -111,14 +104,24 @@ def test_kid_hook_embeds_the_reference_with_the_training_device_extractor(monkey
         loaded.append(device)
         return f"inception@{device}"
 
-    def fake_refstats(data, resolution, **kwargs):  # type: ignore[no-untyped-def]
+    def fake_refstats(data: str, resolution: int, **kwargs: Any) -> str:
         seen.update(kwargs, data=data, resolution=resolution)
         return "ref"
 
     monkeypatch.setattr(evaluate, "default_extractor", fake_extractor)
     monkeypatch.setattr(refstats, "reference_statistics", fake_refstats)
+    settings: dict[str, Any] = {}
+
+    def fake_make_kid_eval(ref: str, **kwargs: Any) -> Any:
+        settings.update(kwargs, ref=ref)
+        return lambda denoiser, step: {}
+
+    monkeypatch.setattr(evaluate, "make_kid_eval", fake_make_kid_eval)
     cfg = types.SimpleNamespace(data="faces/", holdout=0.05, device="cpu")
-    eval_fn = cli_module._kid_hook(cfg, 32, 16)
+    preset = dataclasses.replace(PRESETS["faces32"], sampler="dpmpp3m", sample_steps=12)
+    eval_fn = cli_module._kid_hook(cfg, preset, 16)
     assert callable(eval_fn)
     assert seen["extractor"] == "inception@cpu" and loaded == ["cpu"]
     assert seen["split"] == "heldout" and seen["heldout_fraction"] == 0.05 and seen["resolution"] == 32
+    # The in-training KID samples the way the preset says (as sample, eval and the previews do).
+    assert settings == {"ref": "ref", "n": 16, "sampler": "dpmpp3m", "steps": 12, "schedule": "karras"}

@@ -74,3 +74,14 @@ def test_doctor_on_real_faces_and_dark_data(faces: Path, tmp_path: Path) -> None
     findings, _, _ = check_data(dark, 16)
     flagged = [f for f in findings if f.name == "data-range"]
     assert flagged and flagged[0].severity == "warn" and "low contrast" in flagged[0].message
+
+
+@pytest.mark.parametrize("sampler", ["ipndm", "ipndm_v", "dpmpp3m", "edm_stochastic"])
+def test_new_samplers_reproduce_a_gaussian_at_the_doctors_step_counts(sampler: str) -> None:
+    from diffengine.doctor import GAUSSIAN_STEPS
+
+    mu, std = torch.tensor([0.2, -0.1, -0.3]), torch.tensor([0.5, 0.4, 0.3])
+    steps = GAUSSIAN_STEPS.get(sampler, 32)
+    mean_err, std_err = check_sampler_on_gaussian(mu, std, sampler, make_formulation("edm"), "karras", steps)
+    assert mean_err < 0.05 and std_err < 0.1, (mean_err, std_err)
+    assert GAUSSIAN_STEPS["edm_stochastic"] == 64

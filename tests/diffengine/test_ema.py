@@ -82,3 +82,23 @@ def test_compiled_model_is_unwrapped() -> None:
     assert set(ema.module.state_dict()) == set(model.state_dict())
     with pytest.raises(ValueError, match="positive"):
         EMA(model, half_life_kimg=0.0, batch_size=4)
+
+
+def test_warm_up_forgets_the_initialisation_and_the_log_sees_the_half_life() -> None:
+    """EDM's ramp: after a jump in the weights the ramped EMA follows within a few steps, while the
+    configured half-life alone (here 50 kimg, faces32's) would leave it at the initial weights."""
+    model = _model()
+    ramped = EMA(model, half_life_kimg=50.0, batch_size=4, rampup_ratio=0.05)
+    plain = EMA(model, half_life_kimg=50.0, batch_size=4, rampup_ratio=None)
+    start = next(model.parameters()).detach().clone()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    for _ in range(40):  # 160 images
+        ramped.update(model)
+        plain.update(model)
+    moved_ramped = (next(ramped.module.parameters()) - start).mean()
+    moved_plain = (next(plain.module.parameters()) - start).mean()
+    assert float(moved_ramped) > 0.99 and float(moved_plain) < 0.01
+    assert ramped.half_life() == pytest.approx(0.05 * 160) and plain.half_life() == 50_000
+    assert ramped.describe() == {"ema_half_life_img": 8.0, "ema_half_life_steps": 2.0}

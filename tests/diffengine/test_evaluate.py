@@ -6,6 +6,7 @@ import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from diffengine.evaluate import default_extractor, kid_during_training, score_im
 from diffengine.evaluate_cli import eval_command
 from diffengine.generate import generate, load_run
 from diffengine.metrics.fid import kid
+from diffengine.metrics.inception import InceptionFeatures
 from diffengine.metrics.refstats import RefStats, load_refstats, reference_statistics, select_names
 from diffengine.train import TrainConfig, train
 
@@ -114,13 +116,13 @@ def test_refstats_are_cached_and_reloaded(
     )
     np.testing.assert_allclose(ref.mu, ref.features.astype(np.float64).mean(0), rtol=1e-6, atol=1e-7)
     (cached,) = (cache_root / "refstats").glob("*.npz")
-    fake = _NoEmbedding(ref.preprocessing)
-    again = reference_statistics(data, RES, extractor=fake, cache_dir=cache_root / "refstats", verbose=False)  # type: ignore[arg-type]
+    fake = cast(InceptionFeatures, _NoEmbedding(ref.preprocessing))  # duck-typed: only .embed is used
+    again = reference_statistics(data, RES, extractor=fake, cache_dir=cache_root / "refstats", verbose=False)
     np.testing.assert_array_equal(again.sigma, ref.sigma)
     assert load_refstats(cached).fingerprint == ref.fingerprint
     # A different resolution is a different reference.
     with pytest.raises(AssertionError, match="recomputed"):
-        reference_statistics(data, 8, extractor=fake, cache_dir=cache_root / "refstats", verbose=False)  # type: ignore[arg-type]
+        reference_statistics(data, 8, extractor=fake, cache_dir=cache_root / "refstats", verbose=False)
     # ...and a cached .npz passed directly must match the model resolution.
     with pytest.raises(ValueError, match="16px"):
         reference_statistics(cached, 32)

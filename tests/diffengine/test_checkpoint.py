@@ -1,20 +1,24 @@
-"""Checkpoints survive a kill at any instant of a save, and a damaged newest checkpoint is skipped for
-the newest intact one (unit level and through ``diffengine sample`` / ``train --resume``)."""
+"""Checkpoints: the layout, optimizer/RNG round trip and pruning; a kill at any instant of a save leaves
+a complete one; a damaged newest checkpoint is skipped for the newest intact one (unit level and
+through ``diffengine sample`` / ``train --resume``). The bit-exact resumed run is in test_train.py."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from safetensors.torch import load_file
 
 from diffengine import checkpoint as ckpt_mod
 from diffengine.checkpoint import (
@@ -24,11 +28,43 @@ from diffengine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     recover,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
     verify_checkpoint,
 )
 from diffengine.cli import main
-from diffengine.doctor import TINY_UNET
+
+
+def test_rng_and_optimizer_round_trip(tmp_path: Path) -> None:
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=0.1)
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    state = rng_state()
+    want = (torch.rand(3), random.random(), np.random.rand(2))
+    set_rng_state(state)
+    got = (torch.rand(3), random.random(), np.random.rand(2))
+    assert torch.equal(want[0], got[0]) and want[1] == got[1] and np.array_equal(want[2], got[2])
+
+    path = save_checkpoint(tmp_path, 7, net.state_dict(), {"rng": state}, optimizer=opt.state_dict(), keep=2)
+    save_checkpoint(tmp_path, 8, net.state_dict(), {}, keep=2)
+    save_checkpoint(tmp_path, 9, net.state_dict(), {}, keep=2)
+    assert not path.exists()  # pruned: only the newest two remain
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000008", "step_00000009"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "step_00000009"
+    path = save_checkpoint(tmp_path, 10, net.state_dict(), {}, optimizer=opt.state_dict())
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.step == 10 and ckpt.path == path and ckpt.ema is None
+    assert set(load_file(str(path / "optimizer.safetensors"))) == {
+        f"state.{i}.{k}" for i in (0, 1) for k in ("step", "exp_avg", "exp_avg_sq")
+    }
+    opt2 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.1)
+    assert ckpt.optimizer is not None
+    opt2.load_state_dict(ckpt.optimizer)
+    for a, b in zip(opt.state.values(), opt2.state.values(), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    assert not list(tmp_path.glob(".tmp-*"))  # no temporary leftovers
 
 
 class Killed(BaseException):
@@ -240,17 +276,6 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path: Path) -> 
 # ---------------------------------------------------------------------------------------------------
 # Through the CLI
 
-TINY = [
-    "--preset", "faces32", "--batch-size", "4", "--log-every", "1",
-    "--unet", f"resolution={TINY_UNET.resolution}",
-    "--unet", f"model_channels={TINY_UNET.model_channels}",
-    "--unet", f"channel_mult={TINY_UNET.channel_mult}",
-    "--unet", "num_res_blocks=1",
-    "--unet", "attn_resolutions=()",
-    "--unet", f"num_groups={TINY_UNET.num_groups}",
-    "--unet", f"head_dim={TINY_UNET.head_dim}",
-]  # fmt: skip
-
 
 @pytest.fixture(scope="module")
 def noise_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -264,10 +289,22 @@ def noise_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_step_run(noise_images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def two_step_run(
+    noise_images: Path, tmp_path_factory: pytest.TempPathFactory, tiny_cli_args: list[str]
+) -> Path:
     """A run trained 2 steps with a checkpoint at each (step_00000001, step_00000002)."""
     run = tmp_path_factory.mktemp("run") / "run"
-    args = ["train", str(noise_images), "--out", str(run), *TINY, "--ckpt-every", "1", "--max-steps", "2"]
+    args = [
+        "train",
+        str(noise_images),
+        "--out",
+        str(run),
+        *tiny_cli_args,
+        "--ckpt-every",
+        "1",
+        "--max-steps",
+        "2",
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "only 8 images"
         result = CliRunner().invoke(main, args)
@@ -284,7 +321,7 @@ def _copy(run: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.filterwarnings("ignore:.*only 8 images")
 def test_cli_sample_and_resume_skip_a_damaged_newest_checkpoint(
-    two_step_run: Path, noise_images: Path, tmp_path: Path
+    two_step_run: Path, noise_images: Path, tmp_path: Path, tiny_cli_args: list[str]
 ) -> None:
     run = _copy(two_step_run, tmp_path)
     ckpts = run / "checkpoints"
@@ -310,7 +347,7 @@ def test_cli_sample_and_resume_skip_a_damaged_newest_checkpoint(
             str(noise_images),
             "--out",
             str(run),
-            *TINY,
+            *tiny_cli_args,
             "--max-steps",
             "3",
             "--resume",
@@ -329,7 +366,7 @@ def test_cli_sample_and_resume_skip_a_damaged_newest_checkpoint(
 
 @pytest.mark.filterwarnings("ignore:.*only 8 images")
 def test_cli_errors_in_one_line_when_no_checkpoint_is_intact(
-    two_step_run: Path, noise_images: Path, tmp_path: Path
+    two_step_run: Path, noise_images: Path, tmp_path: Path, tiny_cli_args: list[str]
 ) -> None:
     run = _copy(two_step_run, tmp_path)
     ckpts = run / "checkpoints"
@@ -338,7 +375,7 @@ def test_cli_errors_in_one_line_when_no_checkpoint_is_intact(
     runner = CliRunner()
     for args in (
         ["sample", str(run), "--n", "1", "--steps", "2"],
-        ["train", str(noise_images), "--out", str(run), *TINY, "--max-steps", "3", "--resume"],
+        ["train", str(noise_images), "--out", str(run), *tiny_cli_args, "--max-steps", "3", "--resume"],
     ):
         result = runner.invoke(main, args)
         assert result.exit_code == 1, result.output

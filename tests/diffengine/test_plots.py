@@ -1,5 +1,5 @@
-"""``log.jsonl`` with a partial last line (a killed run) on resume; plotting leaves the caller's
-matplotlib backend alone; ``diffengine eval`` picks the device like train and sample."""
+"""``log.jsonl`` with a partial last line (a killed run) on resume; loss curves smoothed with the raw
+values behind; labelled image sheets; plotting leaves the caller's matplotlib backend alone."""
 
 from __future__ import annotations
 
@@ -9,27 +9,15 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from diffengine.cli import main
-from diffengine.doctor import TINY_UNET
-from diffengine.plots import drop_partial_line, read_log
-
-TINY = [
-    "--preset", "faces32", "--batch-size", "4", "--log-every", "1",
-    "--unet", f"resolution={TINY_UNET.resolution}",
-    "--unet", f"model_channels={TINY_UNET.model_channels}",
-    "--unet", f"channel_mult={TINY_UNET.channel_mult}",
-    "--unet", "num_res_blocks=1",
-    "--unet", "attn_resolutions=()",
-    "--unet", f"num_groups={TINY_UNET.num_groups}",
-    "--unet", f"head_dim={TINY_UNET.head_dim}",
-]  # fmt: skip
+from diffengine.plots import drop_partial_line, plot_losses, read_log, side_by_side, smooth, with_row_labels
 
 
 def test_read_log_ignores_a_partial_last_line(tmp_path: Path) -> None:
@@ -56,7 +44,7 @@ def test_drop_partial_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:.*only 8 images")
-def test_resume_after_a_partial_log_line(tmp_path: Path) -> None:
+def test_resume_after_a_partial_log_line(tmp_path: Path, tiny_cli_args: list[str]) -> None:
     """A run killed mid-way through writing a log line: --resume drops the partial tail, appends whole
     lines and plots the loss (the old code trained, then failed on the plot with exit code 2)."""
     data = tmp_path / "data"
@@ -68,7 +56,7 @@ def test_resume_after_a_partial_log_line(tmp_path: Path) -> None:
         )
     run = tmp_path / "run"
     runner = CliRunner()
-    args = ["train", str(data), "--out", str(run), *TINY]
+    args = ["train", str(data), "--out", str(run), *tiny_cli_args]
     result = runner.invoke(main, [*args, "--max-steps", "2"])
     assert result.exit_code == 0, result.output
     log = run / "log.jsonl"
@@ -116,35 +104,28 @@ def test_plotting_keeps_the_matplotlib_backend(tmp_path: Path) -> None:
             assert img.format == "PNG" and img.size[0] > 100
 
 
-def test_eval_defaults_to_the_auto_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``diffengine eval`` without --device uses CUDA when there is one (as train and sample do)."""
-    from diffengine import evaluate, evaluate_cli
+def test_smoothing_and_the_loss_plot(tmp_path: Path) -> None:
+    assert smooth([1.0]) == [1.0]  # bias-corrected: starts at the first value, not at 0.2 of it
+    assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    noisy = [1.0 + (-1) ** i * 0.5 for i in range(200)]
+    assert max(abs(v - 1.0) for v in smooth(noisy)[50:]) < 0.06  # the ±0.5 zig-zag mostly averaged out
+    records = [
+        {"step": s, "loss": 1.0 / s, "sigma_edges": [0.1, 1.0, 10.0], "sigma_loss": [0.5 / s, None]}
+        for s in range(1, 20)
+    ]
+    out = plot_losses(records, tmp_path / "loss.png")
+    with Image.open(out) as img:
+        assert img.size == ((13 * 110), round(4.8 * 110))
 
-    seen: dict[str, Any] = {}
 
-    def fake_inception(weights: Any, device: str = "cpu") -> str:
-        seen["inception"] = device
-        return "extractor"
-
-    def fake_evaluate_run(run: Any, ref: Any, **kwargs: Any) -> None:
-        seen["evaluate"] = kwargs["device"]
-
-    monkeypatch.setattr(evaluate_cli, "load_inception", fake_inception)
-    monkeypatch.setattr(evaluate, "evaluate_run", fake_evaluate_run)
-    run, ref = tmp_path / "run", tmp_path / "ref"
-    run.mkdir()
-    ref.mkdir()
-    runner = CliRunner()
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    result = runner.invoke(main, ["eval", str(run), "--ref", str(ref)])
-    assert result.exit_code == 0, result.output
-    assert seen == {"inception": "cuda:0", "evaluate": "cuda:0"}
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    result = runner.invoke(main, ["eval", str(run), "--ref", str(ref)])
-    assert result.exit_code == 0, result.output
-    assert seen == {"inception": "cpu", "evaluate": "cpu"}
-    result = runner.invoke(main, ["eval", str(run), "--ref", str(ref), "--device", "cpu"])
-    assert result.exit_code == 0 and seen["evaluate"] == "cpu"
-    result = runner.invoke(main, ["eval", "--help"])
-    assert "[default: auto]" in " ".join(result.output.split())
+def test_labelled_sheets() -> None:
+    red, blue = Image.new("RGB", (40, 30), "red"), Image.new("RGB", (20, 50), "blue")
+    sheet = side_by_side({"raw": red, "EMA": blue}, gap=10, title_size=12)
+    assert sheet.size == (40 + 10 + 20, 22 + 50)
+    assert sheet.getpixel((5, 22 + 5)) == (255, 0, 0) and sheet.getpixel((55, 22 + 45)) == (0, 0, 255)
+    title = np.asarray(sheet.crop((0, 0, 40, 22)))
+    assert sheet.getpixel((1, 1)) == (255, 255, 255) and int(title.min()) < 100  # the title is drawn
+    grid = Image.new("RGB", (30, 2 + 2 * (10 + 2)), "gray")
+    labelled = with_row_labels(grid, ["clean", "σ = 0.5 denoised"], row_height=10, pad=2)
+    margin = labelled.width - grid.width
+    assert margin > 40 and labelled.getpixel((margin + 1, 1)) == (128, 128, 128)
