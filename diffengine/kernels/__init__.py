@@ -23,7 +23,7 @@ from diffengine.kernels.backend import (
     triton_available,
     use_triton,
 )
-from diffengine.kernels.cuda_graph import capture, make_sampler, sampling_loop
+from diffengine.kernels.cuda_graph import capture
 from diffengine.kernels.group_norm import group_norm_silu
 from diffengine.kernels.precond_loss import precond_loss
 from diffengine.kernels.sampler_steps import dpmpp2m_step, euler_step, heun_correct, weighted_sum
@@ -38,9 +38,7 @@ __all__ = [
     "get_backend",
     "group_norm_silu",
     "heun_correct",
-    "make_sampler",
     "precond_loss",
-    "sampling_loop",
     "set_backend",
     "triton_available",
     "use_triton",

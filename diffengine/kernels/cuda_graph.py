@@ -67,34 +67,3 @@ def capture(
         return static_out.clone()
 
     return run
-
-
-# --- compatibility aliases (bench/kernels.py); new code calls ``capture`` or the sampler itself ----
-
-
-def sampling_loop(
-    denoiser: DenoiseFn,
-    x: torch.Tensor,
-    sigmas: torch.Tensor,
-    method: str = "euler",
-    sigmas_host: list[float] | None = None,
-) -> torch.Tensor:
-    """Deprecated: ``diffengine.samplers.get_sampler(method)(denoiser, x, sigmas)``."""
-    from diffengine.samplers import get_sampler
-
-    return get_sampler(method)(denoiser, x, torch.tensor(sigmas_host) if sigmas_host is not None else sigmas)
-
-
-def make_sampler(
-    denoiser: DenoiseFn,
-    sigmas: torch.Tensor,
-    shape: tuple[int, ...],
-    method: str = "euler",
-    dtype: torch.dtype = torch.float32,
-    graph: bool | None = None,
-    warmup: int = 2,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Deprecated: ``capture(get_sampler(method), denoiser, sigmas, shape, ...)``."""
-    from diffengine.samplers import get_sampler
-
-    return capture(get_sampler(method), denoiser, sigmas, shape, dtype=dtype, graph=graph, warmup=warmup)

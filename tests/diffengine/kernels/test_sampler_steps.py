@@ -13,8 +13,6 @@ from diffengine.kernels import (
     dpmpp2m_step,
     euler_step,
     heun_correct,
-    make_sampler,
-    sampling_loop,
     set_backend,
     weighted_sum,
 )
@@ -129,15 +127,6 @@ def test_capture_eager_path_is_the_sampler_and_hands_it_host_sigmas() -> None:
     run = capture(spy, denoiser, sigmas, tuple(x.shape), graph=False)
     assert torch.equal(run(x), SAMPLERS["ipndm"](denoiser, x, sigmas))
     assert seen[0].device.type == "cpu" and seen[0].dtype == torch.float64  # no device sync per step
-
-
-def test_deprecated_aliases_still_run() -> None:
-    sigmas = torch.tensor([10.0, 1.0, 0.0])
-    denoiser = _gaussian_denoiser(0.0, 0.5)
-    x = torch.randn(2, 1, 2, 2)
-    expected = SAMPLERS["heun"](denoiser, x, sigmas)
-    assert torch.equal(sampling_loop(denoiser, x, sigmas, "heun"), expected)
-    assert torch.equal(make_sampler(denoiser, sigmas, tuple(x.shape), "heun")(x), expected)
 
 
 def test_graph_on_cpu_is_an_error() -> None:
