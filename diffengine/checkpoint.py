@@ -35,6 +35,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from faceprep.atomic import fsync_path
+
 LATEST = "latest"
 ASIDE_PREFIX = ".old-"  # a step folder moved aside while a re-save of the same step replaces it
 
@@ -136,21 +138,6 @@ def _cpu(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file or a folder entry to disk (folders: where the OS allows it)."""
-    flags = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if path.is_dir() else os.O_RDONLY
-    try:
-        fd = os.open(path, flags)
-    except OSError:  # e.g. folders on Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(
     ckpt_dir: str | os.PathLike[str],
     step: int,
@@ -185,13 +172,13 @@ def save_checkpoint(
             record["optimizer"] = rest
         torch.save(record, tmp / "state.pt")
         for written in tmp.iterdir():
-            _fsync(written)
-        _fsync(tmp)
+            fsync_path(written)
+        fsync_path(tmp)
         if final.exists():
             aside = root / f"{ASIDE_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
             os.replace(final, aside)
         os.replace(tmp, final)
-        _fsync(root)
+        fsync_path(root)
     except BaseException:  # not a kill: undo (a kill leaves this to ``recover``)
         if aside is not None and not final.exists():
             with contextlib.suppress(OSError):
@@ -212,7 +199,7 @@ def _write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync(path.parent)
+    fsync_path(path.parent)
 
 
 def _remove(folder: Path) -> None:

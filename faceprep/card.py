@@ -8,11 +8,12 @@ A ``README.md`` that faceprep did not write (no :data:`MARKER` line) is never re
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from faceprep import atomic
 
 MARKER = "<!-- written by faceprep: edits are replaced on the next run -->"
 CARD = "README.md"
@@ -116,12 +117,8 @@ def write_card(
     if contact_sheet:
         lines += ["## Sample", "", f"![contact sheet]({contact_sheet})", ""]
     path = dst / CARD
-    tmp = dst / f".faceprep-tmp-{CARD}"
-    with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as fh:
+    with atomic.replacing(path, errors="backslashreplace") as fh:
         fh.write("\n".join(lines))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return path
 
 

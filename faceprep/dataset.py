@@ -37,6 +37,8 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from faceprep import atomic
+from faceprep.atomic import TMP_PREFIX
 from faceprep.card import CARD, ReviewCounts, write_card
 from faceprep.filters import DuplicateIndex
 from faceprep.outputs import SHARDS, ZIP_NAME, OutputFormat, read_crop
@@ -51,7 +53,6 @@ ERRORS = "errors.jsonl"
 JOURNAL = "done.jsonl"
 CONTACT_SHEET = "preview/contact_sheet.png"  # outside the image set: EDM's tool would train on it
 DELETED = "deleted.jsonl"
-TMP_PREFIX = ".faceprep-tmp-"  # every temporary file faceprep writes starts so; nothing else does
 ImageFormat = Literal["png", "jpg"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -216,9 +217,8 @@ class DatasetWriter:
         if len(present) < len(kept):  # crops the user deleted: keep the decision, record it
             self.deleted_by_hand = [rec for rec in kept if rec not in present]
             found = time.strftime("%Y-%m-%dT%H:%M:%S")
-            self._append_file(
-                DELETED, [_dumps({**rec, "deleted_found": found}) for rec in self.deleted_by_hand]
-            )
+            lines = [_dumps({**rec, "deleted_found": found}) for rec in self.deleted_by_hand]
+            atomic.append_lines(self.dst / DELETED, lines)
             self._repair(METADATA, keep=lambda rec: self.output.holds(self.dst, rec))
         for rec in present:
             if "phash" in rec:
@@ -244,12 +244,7 @@ class DatasetWriter:
                 else:
                     dropped = True
         if dropped:
-            tmp = self.dst / f"{TMP_PREFIX}{name}"
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write("".join(_dumps(r) for r in records))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            atomic.write_text(path, "".join(_dumps(r) for r in records))
         return records
 
     def __enter__(self) -> DatasetWriter:
@@ -304,7 +299,7 @@ class DatasetWriter:
             for crop, name in zip((c for c in written if c.kept), files, strict=True):
                 self._save_image(crop, name)
                 self.ours.add(name)
-            _fsync_dir(self.images)
+            atomic.fsync_path(self.images)
         if error is not None:
             self._append(ERRORS, [_dumps({**error.record(), "source": result.source})])
         self._append(METADATA, meta_lines)
@@ -323,28 +318,8 @@ class DatasetWriter:
         fh.flush()
         os.fsync(fh.fileno())
 
-    def _append_file(self, name: str, lines: list[str]) -> None:
-        with open(self.dst / name, "a", encoding="utf-8") as fh:
-            fh.write("".join(lines))
-            fh.flush()
-            os.fsync(fh.fileno())
-
     def _save_image(self, crop: FaceCrop, file_name: str) -> None:
-        tmp = self.images / f"{TMP_PREFIX}{file_name}"
-        image = Image.fromarray(crop.image)
-        try:
-            with open(tmp, "wb") as fh:
-                if self.image_format == "png":
-                    image.save(fh, format="PNG", compress_level=4)
-                else:
-                    subsampling = 0 if self.jpeg_quality >= 90 else 2  # 4:4:4 chroma for high quality
-                    image.save(fh, format="JPEG", quality=self.jpeg_quality, subsampling=subsampling)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.images / file_name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic.save_image(self.images / file_name, crop.image, self.image_format, self.jpeg_quality)
 
     # --- reading back -----------------------------------------------------------------------------
 
@@ -418,9 +393,8 @@ def write_contact_sheet(
         sheet.paste(tile, (gap + (i % cols) * (thumb + gap), gap + (i // cols) * (thumb + gap)))
     out = dst / CONTACT_SHEET
     out.parent.mkdir(exist_ok=True)
-    tmp = out.with_name(f"{TMP_PREFIX}{out.name}")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, out)
+    with atomic.replacing(out, "wb") as fh:
+        sheet.save(fh, format="PNG")
     return out
 
 
@@ -451,16 +425,3 @@ def _dumps(record: dict[str, Any]) -> str:
     except UnicodeEncodeError:
         text = json.dumps(record, ensure_ascii=True)
     return text + "\n"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from faceprep.atomic import TMP_PREFIX, fsync_path
+
 OutputKind = Literal["folder", "zip", "wds"]
 OUTPUT_KINDS: tuple[OutputKind, ...] = ("folder", "zip", "wds")
 STAGING = ".faceprep-staging"
 ZIP_NAME = "dataset.zip"
 SHARDS = "shards"
 SHARD_SIZE = 10_000
-_TMP = ".faceprep-tmp-"
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def shard_name(number: int) -> str:
 
 def _pack_zip(dst: Path, staged: list[Mapping[str, Any]]) -> None:
     final = dst / ZIP_NAME
-    tmp = dst / f"{_TMP}{ZIP_NAME}"
+    tmp = dst / f"{TMP_PREFIX}{ZIP_NAME}"
     new = {r["archive_name"]: dst / STAGING / r["file_name"] for r in staged}
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as out:
         if final.is_file():
@@ -128,7 +129,7 @@ def _pack_shards(dst: Path, staged: list[Mapping[str, Any]]) -> None:
     (dst / SHARDS).mkdir(exist_ok=True)
     for archive, members in by_shard.items():
         final = dst / archive
-        tmp = final.with_name(f"{_TMP}{final.name}")
+        tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
         keys = {str(r["key"]) for r in members}
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as out:
             if final.is_file():  # the last shard of an earlier run: keep its samples, add the new ones
@@ -151,6 +152,5 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _commit(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
+    fsync_path(tmp)
     os.replace(tmp, final)

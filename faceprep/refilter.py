@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from faceprep import atomic
+
 FILTER_ORDER = ("score", "eye_distance", "filled", "blur", "yaw", "roll", "duplicate")
 PARKED_DIR = ".faceprep-rejected"  # crops of faces a refilter rejected, kept for a later loosening
 
@@ -283,7 +285,6 @@ class _Plan:
         return plan
 
     def apply(self) -> None:
-        from faceprep.dataset import TMP_PREFIX
         from faceprep.review.apply import append_journal, save_crop
 
         root = self.root
@@ -303,21 +304,21 @@ class _Plan:
                     if pixels is None:
                         raise RefilterError(f"could not render {name} from {rec['source']}")
                     save_crop(root, name, pixels, fmt, quality)
-            _fsync_dir(root)
+            atomic.fsync_path(root)
         placed = {str(rec["file_name"]) for rec, _ in self.to_place}
         newly_kept = [
             {k: v for k, v in rec.items() if k != "file_name"}
             for rec in self.kept
             if str(rec["file_name"]) in placed
         ]
-        _write_jsonl(root, "rejected.jsonl", self.rejected + newly_kept, TMP_PREFIX)  # never in neither
-        _write_jsonl(root, "metadata.jsonl", self.kept, TMP_PREFIX)
-        _write_jsonl(root, "rejected.jsonl", self.rejected, TMP_PREFIX)
+        _write_jsonl(root, "rejected.jsonl", self.rejected + newly_kept)  # never in neither
+        _write_jsonl(root, "metadata.jsonl", self.kept)
+        _write_jsonl(root, "rejected.jsonl", self.rejected)
         if self.to_park:
             (root / PARKED_DIR).mkdir(exist_ok=True)
             for name in self.to_park:
                 os.replace(root / name, root / PARKED_DIR / name)
-            _fsync_dir(root)
+            atomic.fsync_path(root)
         self._record_thresholds()
 
     def _record_thresholds(self) -> None:
@@ -335,24 +336,13 @@ class _Plan:
                 "changed": {k: [before.get(k), v] for k, v in after.items() if before.get(k) != v},
             }
         )
-        tmp = path.with_name(f".faceprep-tmp-{path.name}")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic.write_text(path, json.dumps(data, indent=2, ensure_ascii=True) + "\n")
 
 
-def _write_jsonl(root: Path, name: str, records: list[dict[str, Any]], prefix: str) -> None:
+def _write_jsonl(root: Path, name: str, records: list[dict[str, Any]]) -> None:
     from faceprep.dataset import _dumps
 
-    tmp = root / f"{prefix}{name}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write("".join(_dumps(r) for r in records))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, root / name)
+    atomic.write_text(root / name, "".join(_dumps(r) for r in records))
 
 
 def _guess_format(root: Path) -> str:
@@ -362,19 +352,6 @@ def _guess_format(root: Path) -> str:
         if str(rec.get("file_name", "")).endswith(".jpg"):
             return "jpg"
     return "png"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _show(value: Any) -> str:

@@ -10,14 +10,13 @@ sha256, not its path, so moving the model file is fine.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from faceprep import __version__
+from faceprep import __version__, atomic
 from faceprep.models import sha256_file
 from faceprep.pipeline import PipelineConfig
 
@@ -117,13 +116,7 @@ def _record(options: Mapping[str, Any], detector: Mapping[str, Any], src: str | 
 
 
 def _write(path: Path, record: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".faceprep-tmp-{path.name}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(record, fh, indent=2, ensure_ascii=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(record, indent=2, ensure_ascii=True) + "\n")
 
 
 def _plain(value: Any) -> Any:

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
+from faceprep import atomic
 from faceprep.review.render import CropRenderer, find_src
 from faceprep.review.store import Decision, Key, iter_records, open_reader, read_decisions
 from faceprep.types import ImageArray
@@ -102,38 +101,18 @@ def materialise_rescued(
         for (_, pixels), name in zip(ready, names, strict=True):
             save_crop(root, name, pixels, fmt, quality)
             result.written.append(name)
-        _fsync_dir(root)
+        atomic.fsync_path(root)
         return result
 
 
 def append_journal(root: Path, records: list[dict[str, Any]]) -> None:
     """Name files about to be written in ``done.jsonl`` (as the writer does), so a resume owns them."""
-    if not records:
-        return
-    with open(root / "done.jsonl", "a", encoding="utf-8") as fh:
-        fh.write("".join(json.dumps(r, ensure_ascii=True) + "\n" for r in records))
-        fh.flush()
-        os.fsync(fh.fileno())
+    atomic.append_lines(root / "done.jsonl", [json.dumps(r, ensure_ascii=True) + "\n" for r in records])
 
 
 def save_crop(root: Path, name: str, pixels: ImageArray, fmt: str, quality: int = 95) -> None:
     """Write a crop like DatasetWriter does: temporary name, fsync, ``os.replace``."""
-    from faceprep.dataset import TMP_PREFIX
-
-    tmp = root / f"{TMP_PREFIX}{name}"
-    image = Image.fromarray(pixels)
-    try:
-        with open(tmp, "wb") as fh:
-            if fmt == "jpg":
-                image.save(fh, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
-            else:
-                image.save(fh, format="PNG", compress_level=4)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, root / name)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic.save_image(root / name, pixels, fmt, quality)
 
 
 def _format(options: dict[str, Any], root: Path) -> str:
@@ -143,9 +122,3 @@ def _format(options: dict[str, Any], root: Path) -> str:
     from faceprep.refilter import _guess_format
 
     return _guess_format(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    from faceprep.refilter import _fsync_dir as fsync_dir
-
-    fsync_dir(path)
