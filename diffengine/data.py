@@ -1,9 +1,13 @@
 """Training images: find, decode once, cache as uint8, hand out checked batches in [-1, 1].
 
 Sources (``open_source``):
-- a faceprep output folder: ``metadata.jsonl`` lines with ``file_name`` relative to the folder;
+- a faceprep output folder: ``metadata.jsonl`` lines with ``file_name`` relative to the folder, with the
+  review decisions of ``review.jsonl`` applied when there is one (``faceprep.review.effective_kept``); a
+  folder written with ``--output zip`` reads its ``dataset.zip``;
 - any folder of images (searched recursively);
-- a ``.zip`` of images.
+- a ``.zip`` of images (the EDM/StyleGAN ``dataset_tool`` layout included).
+WebDataset shards, and reading lazily in DataLoader workers, are :mod:`diffengine.streaming`
+(``make_stream`` picks this in-memory path or that one).
 
 Every image is decoded once, centre-cropped to a square, resized (antialiased) to the model resolution
 and kept in memory as one ``(N, 3, R, R)`` uint8 tensor: UTKFace (23.7k faces) at 32 px is 73 MB.
@@ -48,6 +52,16 @@ class ImageSource:
     path: Path
     names: tuple[str, ...]
     is_zip: bool
+    # What the held-out split hashes, one per name (default: the names). A faceprep folder written with
+    # ``--output zip`` lists zip entries (``00000/img00000000.png``) but splits by the crops' file names,
+    # so its split is the one of the same run written as a folder or as shards.
+    split_keys: tuple[str, ...] | None = None
+
+    def split(self, split: str, fraction: float) -> list[str]:
+        """The names of ``split`` (``all``, ``train`` or ``heldout``) of the fixed hash split."""
+        keys = self.names if self.split_keys is None else self.split_keys
+        chosen = set(split_names(keys, split, fraction))
+        return [n for n, k in zip(self.names, keys, strict=True) if k in chosen]
 
     def read_bytes(self, name: str, archive: zipfile.ZipFile | None = None) -> bytes:
         """The file's bytes; DataError naming ``folder/name`` or ``zip!name`` when it cannot be read
@@ -88,7 +102,11 @@ def open_source(path: str | os.PathLike[str]) -> ImageSource:
         return ImageSource(root, tuple(names), is_zip=True)
     meta = root / "metadata.jsonl"
     if meta.is_file():
-        names = _names_from_metadata(meta)
+        records = kept_records(meta)
+        if any(r.get("archive") for r in records):
+            return _archive_source(root, meta, records)
+        names = [str(r["file_name"]) for r in records]
+        _check_present(meta, [n for n in names if not (root / n).is_file()])
     else:
         names = sorted(
             p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and _is_image(p.name)
@@ -98,10 +116,17 @@ def open_source(path: str | os.PathLike[str]) -> ImageSource:
     return ImageSource(root, tuple(names), is_zip=False)
 
 
-def _names_from_metadata(meta: Path) -> list[str]:
-    """``file_name`` of every line; each must name a file inside the folder (symlinks resolved)."""
+REVIEW = "review.jsonl"  # faceprep's review decisions (faceprep.review.store.REVIEW)
+
+
+def kept_records(meta: Path) -> list[dict[str, Any]]:
+    """The records of the faces to train on: ``metadata.jsonl``'s lines, each checked (UTF-8, a JSON
+    object with a ``file_name`` inside the folder, symlinks resolved); where the folder holds a
+    ``review.jsonl``, faceprep's rule instead (``faceprep.review.effective_kept``: kept faces minus those
+    rejected in review plus those kept in review). Rescued faces whose crop is not rendered yet are left
+    out with one warning. Raises DataError naming the file and line."""
     root = meta.parent.resolve()
-    names: list[str] = []
+    records: list[dict[str, Any]] = []
     try:
         raw = meta.read_bytes()
     except OSError as exc:
@@ -124,11 +149,79 @@ def _names_from_metadata(meta: Path) -> list[str]:
             raise DataError(
                 f"{meta}:{lineno}: file_name {name!r} points outside the dataset folder {meta.parent}"
             )
-        names.append(name)
-    missing = [n for n in names if not (meta.parent / n).is_file()]
-    if missing:
-        raise DataError(f"{meta}: {len(missing)} listed file(s) missing, e.g. {meta.parent / missing[0]}")
-    return names
+        records.append(record)
+    if not (meta.parent / REVIEW).is_file():
+        return records
+    from faceprep.review.apply import effective_kept  # lazily: plain folders need no faceprep.review
+
+    try:
+        reviewed = effective_kept(meta.parent)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{meta.parent / REVIEW}: cannot apply the review decisions ({exc})") from exc
+    pending = [r for r in reviewed if r.get("file_name") is None]
+    if pending:
+        warnings.warn(
+            f"{meta.parent}: {len(pending)} face(s) kept in review have no crop yet and are left out: "
+            f"render them with faceprep.review.materialise_rescued({str(meta.parent)!r}) "
+            "(or the `faceprep review` page)",
+            stacklevel=3,
+        )
+    chosen = [r for r in reviewed if r.get("file_name") is not None]
+    for record in chosen:
+        if not _inside(root, str(record["file_name"])):
+            raise DataError(
+                f"{meta.parent / REVIEW}: file_name {record['file_name']!r} points outside the dataset "
+                f"folder {meta.parent}"
+            )
+    return chosen
+
+
+def _check_present(meta: Path, missing: Sequence[str]) -> None:
+    """DataError for listed crops that are not there, saying how to record a deletion made by hand."""
+    if not missing:
+        return
+    fix = (
+        f"if they were deleted on purpose, run `faceprep crop SRC {meta.parent}` again (it records them in "
+        "deleted.jsonl and drops them from metadata.jsonl); otherwise restore them"
+        if (meta.parent / "done.jsonl").is_file()
+        else "remove their lines from metadata.jsonl or restore the files"
+    )
+    raise DataError(f"{meta}: {len(missing)} listed file(s) missing, e.g. {meta.parent / missing[0]}: {fix}")
+
+
+def _archive_source(root: Path, meta: Path, records: list[dict[str, Any]]) -> ImageSource:
+    """A faceprep folder written with ``--output zip``: its ``dataset.zip``, entries in record order."""
+    loose = [r for r in records if not r.get("archive")]  # e.g. crops rendered for faces kept in review
+    if loose:
+        warnings.warn(
+            f"{root}: {len(loose)} face(s) have a crop in the folder but not in its archive and are left "
+            f"out, e.g. {root / str(loose[0]['file_name'])}",
+            stacklevel=3,
+        )
+        records = [r for r in records if r.get("archive")]
+    archives = {str(r.get("archive")) for r in records}
+    if archives != {"dataset.zip"}:
+        shards = sorted(a for a in archives if a.endswith(".tar"))
+        if shards:
+            raise DataError(
+                f"{root}: its crops are WebDataset shards ({root / shards[0]}, ...): they are streamed, "
+                "use diffengine.streaming.make_stream (diffengine train does)"
+            )
+        raise DataError(
+            f"{meta}: records name several archives or none ({sorted(archives)}): re-run faceprep"
+        )
+    archive = root / "dataset.zip"
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            present = set(zf.namelist())
+    except ZIP_ERRORS as exc:
+        raise DataError(f"{archive}: damaged or missing zip file ({exc})") from exc
+    names = [str(r.get("archive_name", "")) for r in records]
+    _check_present(
+        meta, [n or str(r["file_name"]) for n, r in zip(names, records, strict=True) if n not in present]
+    )
+    keys = tuple(Path(str(r["file_name"])).name for r in records)
+    return ImageSource(archive, tuple(names), is_zip=True, split_keys=keys)
 
 
 def _inside(root: Path, name: str) -> bool:
@@ -148,10 +241,14 @@ def heldout_split(names: Sequence[str], fraction: float = 0.1) -> tuple[list[str
     train: list[str] = []
     held: list[str] = []
     for name in names:
-        digest = hashlib.sha256(Path(name).name.encode("utf-8")).digest()
-        bucket = int.from_bytes(digest[:8], "big") / 2.0**64
-        (held if bucket < fraction else train).append(name)
+        (held if is_heldout(name, fraction) else train).append(name)
     return train, held
+
+
+def is_heldout(name: str, fraction: float) -> bool:
+    """Whether ``name`` falls in the held-out fraction: a hash of its base name (folders do not count)."""
+    digest = hashlib.sha256(Path(name).name.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
 
 
 def split_names(names: Sequence[str], split: str, fraction: float) -> list[str]:
@@ -239,7 +336,7 @@ def load_dataset(
 ) -> tuple[torch.Tensor, list[str]]:
     """Images of ``path`` at ``resolution`` as uint8 plus their names. split: all | train | heldout."""
     source = open_source(path)
-    names = split_names(source.names, split, heldout_fraction)
+    names = source.split(split, heldout_fraction)
     images = load_images(source, resolution, names)
     if len(names) < FEW_IMAGES:
         warnings.warn(
@@ -321,6 +418,10 @@ class BatchStream:
         self.epoch = 0
         self.pos = 0
         self.perm = torch.randperm(images.shape[0], generator=self.generator)
+
+    @property
+    def n_images(self) -> int:
+        return int(self.images.shape[0])
 
     def next_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices, flip mask) of this rank's next batch."""

@@ -150,6 +150,7 @@ def test_batch_stream_shards_flips_and_resumes() -> None:
     seen = [ranks[r].next_indices()[0].tolist() for r in range(2)]
     assert set(seen[0]).isdisjoint(seen[1])
     stream = BatchStream(images, batch_size=3, seed=1)
+    assert stream.n_images == 10
     flipped_any = False
     for _ in range(4):
         x = stream.next()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import struct
+import tarfile
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -178,3 +180,93 @@ def test_huge_images_are_refused_before_decoding(
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
     code, output, exc = _train(data, tmp_path)
     _assert_one_line_error(code, output, exc, str(data / "huge.png"), reason)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The same refusals on the streaming path (decoded in DataLoader workers)
+
+
+def _stream_all(path: Path, workers: int = 2, **kwargs: object) -> None:
+    from diffengine.streaming import make_stream
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # only N images
+        stream = make_stream(path, 8, 1, seed=0, split="all", streaming=True, workers=workers, **kwargs)  # type: ignore[arg-type]
+    for _ in range(stream.n_images):  # batch 1: one epoch reads every file
+        stream.next()
+
+
+def _one_line(err: pytest.ExceptionInfo[DataError], start: str) -> None:
+    assert str(err.value).startswith(start), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_streaming_names_a_bad_crc_zip_entry(tmp_path: Path, workers: int) -> None:
+    archive = _zip_with_bad_crc(tmp_path / "faces.zip")
+    with pytest.raises(DataError) as err:
+        _stream_all(archive, workers)
+    _one_line(err, f"{archive}!img2.png: cannot read (Bad CRC-32")
+
+
+def test_streaming_refuses_huge_and_constant_images(tmp_path: Path) -> None:
+    data = _folder(tmp_path / "data", 3)
+    (data / "huge.png").write_bytes(_png_claiming(10_000, 10_000))
+    with pytest.raises(DataError) as err:
+        _stream_all(data)
+    _one_line(err, f"{data / 'huge.png'}: image too large (10000x10000")
+    flat = _folder(tmp_path / "flat", 3)
+    Image.new("RGB", (10, 10), (7, 7, 7)).save(flat / "grey.png")
+    with pytest.raises(DataError, match=r"constant .*grey\.png"):
+        _stream_all(flat)
+
+
+def test_streaming_checks_metadata_like_memory(tmp_path: Path) -> None:
+    data = _folder(tmp_path / "data")
+    meta = _metadata(data, ["img0.png", "../secret.png"])
+    with pytest.raises(DataError) as err:
+        _stream_all(data)
+    assert str(err.value) == f"{meta}:2: file_name '../secret.png' points outside the dataset folder {data}"
+    meta.write_bytes(b'{"file_name": "img0.png"}\n{"file_name": "caf\xe9.png"}\n')
+    with pytest.raises(DataError) as err:
+        _stream_all(data)
+    assert str(err.value) == f"{meta}:2: not UTF-8 text (byte 0xe9 at column 19)"
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, blob in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_broken_shards_are_one_line_errors(tmp_path: Path, workers: int) -> None:
+    good = [(f"{i:09d}.png", _png(i)) for i in range(4)]
+    shards = tmp_path / "broken"
+    shards.mkdir()
+    shard = _tar(shards / "faces-000000.tar", [*good[:2], ("000000002.png", b"not a png"), good[3]])
+    with pytest.raises(DataError) as err:
+        _stream_all(shards, workers)
+    _one_line(err, f"{shard}!000000002.png: cannot read image")
+
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    bad_json = _tar(meta / "faces-000000.tar", [*good, ("000000003.json", b'{"file_name": "caf\xe9"}')])
+    from diffengine.streaming import make_stream
+
+    with pytest.raises(DataError) as err:
+        make_stream(meta, 8, 1, seed=0, split="train", workers=workers)
+    _one_line(err, f"{bad_json}!000000003.json: not UTF-8 text (byte 0xe9)")
+
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    whole = _tar(tmp_path / "whole.tar", good).read_bytes()
+    (cut / "faces-000000.tar").write_bytes(whole[:1500])  # truncated inside the first image
+    with pytest.raises(DataError) as err:
+        _stream_all(cut, workers)
+    _one_line(
+        err, f"{cut / 'faces-000000.tar'}: damaged or truncated tar shard (no valid header at byte 1024)"
+    )
