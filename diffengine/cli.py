@@ -124,6 +124,21 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:1 ...")
 @click.option("--unet", "unet", multiple=True, metavar="KEY=VALUE", help="Override a UNetConfig field.")
 @click.option("--keep", type=click.IntRange(min=1), default=3, show_default=True, help="Checkpoints kept.")
+@click.option(
+    "--streaming/--in-memory",
+    default=None,
+    help="Stream the data through DataLoader workers [default: in memory when it fits in 1 GiB].",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=0), default=2, show_default=True, help="Streaming workers."
+)
+@click.option(
+    "--task",
+    type=click.Choice(["unconditional", "inpaint"]),
+    default="unconditional",
+    show_default=True,
+    help="inpaint: the network also sees a masked image and its mask (for faceprep --fill generated).",
+)
 def train(
     data: Path,
     out: Path | None,
@@ -150,8 +165,12 @@ def train(
     device: str,
     unet: tuple[str, ...],
     keep: int,
+    streaming: bool | None,
+    workers: int,
+    task: str,
 ) -> None:
     """Train on DATA: a faceprep output folder, any image folder, or a .zip of images."""
+    from diffengine.inpaint import Task
     from diffengine.train import TrainConfig, effective_preset
     from diffengine.train import train as run_training
 
@@ -180,6 +199,9 @@ def train(
         device=device,
         unet=_parse_overrides(unet),
         formulation=formulation,
+        task=cast(Task, task),
+        streaming=streaming,
+        workers=workers,
     )
     try:
         effective = effective_preset(cfg)

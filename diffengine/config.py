@@ -48,6 +48,7 @@ class UNetConfig:
     noise_embedding: NoiseEmbedding = "positional"
     fourier_scale: float = 1.0
     checkpointing: bool = False  # gradient checkpointing of residual blocks (saves activation memory)
+    cond_channels: int = 0  # extra input channels a conditioned network sees (inpainting: 4)
 
     def __post_init__(self) -> None:
         levels = len(self.channel_mult)

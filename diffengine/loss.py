@@ -31,11 +31,14 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
     sigma: torch.Tensor | float | None = None,
     noise: torch.Tensor | None = None,
+    cond: torch.Tensor | None = None,
 ) -> LossOutput:
     """Loss of ``denoiser`` on clean images ``y`` (B, C, H, W) in [-1, 1].
 
     σ defaults to the formulation's training distribution and the noise to standard normal draws, both
-    from ``generator`` when given (so a seeded run is reproducible).
+    from ``generator`` when given (so a seeded run is reproducible). ``cond``: extra network input of a
+    conditioned model (inpainting: ``diffengine.inpaint.inpaint_cond(y, mask)``), passed to the
+    denoiser unchanged; None (the default) calls it exactly as before.
     """
     batch = y.shape[0]
     if sigma is None:
@@ -47,7 +50,7 @@ def diffusion_loss(
     elif noise.shape != y.shape:
         raise ValueError(f"noise shape {tuple(noise.shape)} differs from x shape {tuple(y.shape)}")
     x = y + sigma.view((-1,) + (1,) * (y.ndim - 1)).to(y.dtype) * noise
-    denoised = denoiser(x, sigma)
+    denoised = denoiser(x, sigma) if cond is None else denoiser(x, sigma, cond)
     weight = denoiser.formulation.loss_weight(sigma)
     per_sample = weight * (denoised - y.float()).square().flatten(1).mean(1)
     return LossOutput(loss=per_sample.mean(), per_sample=per_sample, sigma=sigma)

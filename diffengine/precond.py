@@ -216,17 +216,23 @@ class Denoiser(nn.Module):
         self.formulation = formulation
 
     def net_output(
-        self, x: torch.Tensor, sigma: torch.Tensor
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw network output F plus (c_skip, c_out), for losses that fuse the last step themselves."""
+        """Raw network output F plus (c_skip, c_out), for losses that fuse the last step themselves.
+
+        ``cond`` (conditioned networks only, e.g. inpainting's masked image + mask) is passed to the
+        network unscaled as its third argument; without it the network is called as ``net(x, c_noise)``.
+        """
         c_skip, c_out, c_in, c_noise = self.formulation.coefficients(sigma)
         c_in = c_in.view((-1,) + (1,) * (x.ndim - 1)).to(x.dtype)
-        f = self.net(c_in * x, c_noise)
+        f = self.net(c_in * x, c_noise) if cond is None else self.net(c_in * x, c_noise, cond)
         return f.float(), c_skip, c_out
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         sigma = as_sigma_batch(sigma, x.shape[0], x.device)
-        f, c_skip, c_out = self.net_output(x, sigma)
+        f, c_skip, c_out = self.net_output(x, sigma, cond)
         shape = (-1,) + (1,) * (x.ndim - 1)
         return c_skip.view(shape) * x.float() + c_out.view(shape) * f
 

@@ -47,13 +47,16 @@ from diffengine.checkpoint import (
     set_rng_state,
 )
 from diffengine.config import Precision, Preset, UNetConfig, config_to_dict, get_preset
-from diffengine.data import BatchStream, DataCheckError, check_batch, load_dataset
+from diffengine.data import DataCheckError, check_batch
 from diffengine.distributed import DistInfo
 from diffengine.ema import EMA
 from diffengine.generate import build_denoiser, generate, save_comparison
+from diffengine.inpaint import COND_CHANNELS, ConditionedDenoiser, Task, inpaint_cond
 from diffengine.loss import diffusion_loss
+from diffengine.masks import random_masks
 from diffengine.plots import drop_partial_line, plot_losses, read_log
 from diffengine.precond import Denoiser
+from diffengine.streaming import make_stream
 
 EvalFn = Callable[[Denoiser, int], dict[str, Any]]  # (EMA denoiser, step) -> e.g. {"kid": ...}
 
@@ -88,6 +91,9 @@ class TrainConfig:
     unet: dict[str, Any] = field(default_factory=dict)  # UNetConfig overrides (tests, experiments)
     formulation: str | None = None  # "edm" | "vp-eps" | "vp-v"; None: the preset's
     progress: bool = True
+    task: Task = "unconditional"  # "inpaint": the network also sees a masked image and its mask
+    streaming: bool | None = None  # None: in memory when the decoded set fits in 1 GiB, else streamed
+    workers: int = 2  # DataLoader workers when streaming
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,8 @@ def effective_preset(cfg: TrainConfig) -> Preset:
     """The preset with this run's overrides applied (what the checkpoint records)."""
     preset = get_preset(cfg.preset)
     unet = dataclasses.replace(preset.unet, **cfg.unet) if cfg.unet else preset.unet
+    if cfg.task == "inpaint":
+        unet = dataclasses.replace(unet, cond_channels=COND_CHANNELS)
     changes: dict[str, Any] = {"unet": unet}
     for name, value in (
         ("batch_size", cfg.batch_size),
@@ -233,15 +241,21 @@ class BatchSource(Protocol):
 
 def _open_data(cfg: TrainConfig, preset: Preset, dist: DistInfo) -> tuple[BatchSource, int]:
     """The training batches of this rank and how many images there are: the one place the data source
-    is chosen (uint8 in memory, deterministic sharded order, random flips)."""
-    images, _names = load_dataset(
+    is chosen (in memory for small sets, streamed by DataLoader workers otherwise; see
+    :func:`diffengine.streaming.make_stream`)."""
+    stream = make_stream(
         cfg.data,
         preset.unet.resolution,
+        preset.batch_size,
+        cfg.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
         split="train" if cfg.holdout > 0 else "all",
         heldout_fraction=cfg.holdout if cfg.holdout > 0 else 0.1,
+        streaming=cfg.streaming,
+        workers=cfg.workers,
     )
-    stream = BatchStream(images, preset.batch_size, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
-    return stream, int(images.shape[0])
+    return stream, stream.n_images
 
 
 @dataclass
@@ -261,6 +275,7 @@ class Run:
     dtype: torch.dtype
     noise_gen: torch.Generator  # σ and noise of the loss, per rank
     channels_last: bool
+    mask_gen: torch.Generator  # the inpainting masks (task inpaint), per rank, on the CPU
 
     @property
     def device(self) -> torch.device:
@@ -322,9 +337,23 @@ def _set_up(cfg: TrainConfig) -> Run:
     dtype = resolve_precision(preset.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     noise_gen = torch.Generator(device).manual_seed(cfg.seed * 1000 + dist.rank + 1)
+    mask_gen = torch.Generator().manual_seed(cfg.seed * 1000 + dist.rank + 7)
     torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per rank
     return Run(
-        cfg, preset, dist, out, stream, n_images, denoiser, ema, opt, scaler, dtype, noise_gen, channels_last
+        cfg,
+        preset,
+        dist,
+        out,
+        stream,
+        n_images,
+        denoiser,
+        ema,
+        opt,
+        scaler,
+        dtype,
+        noise_gen,
+        channels_last,
+        mask_gen,
     )
 
 
@@ -367,6 +396,8 @@ def _resume(run: Run) -> int:
     mine = ranks[dist.rank]
     run.stream.load_state_dict(mine["data"])
     run.noise_gen.set_state(mine["noise_gen"])
+    if "mask_gen" in mine:
+        run.mask_gen.set_state(mine["mask_gen"])
     set_rng_state(mine["rng"])
     if run.main:
         print(f"resumed from {found} at step {ckpt.step}")
@@ -432,8 +463,12 @@ def _train_step(run: Run, model: Denoiser, step: int, check: bool) -> StepOutput
     lr = learning_rate(step, preset.lr, preset.warmup_steps)
     for group in opt.param_groups:
         group["lr"] = lr
+    cond = None
+    if run.cfg.task == "inpaint":  # masks drawn like faceprep's out-of-photo regions
+        mask = random_masks(x.shape[0], x.shape[-1], run.mask_gen).to(x.device, x.dtype)
+        cond = inpaint_cond(x, mask)
     with torch.autocast(run.device.type, dtype=dtype, enabled=dtype != torch.float32):
-        out = diffusion_loss(model, x, generator=run.noise_gen)
+        out = diffusion_loss(model, x, generator=run.noise_gen, cond=cond)
     opt.zero_grad(set_to_none=True)
     scaler.scale(out.loss).backward()
     scaler.unscale_(opt)
@@ -512,9 +547,14 @@ def _preview(run: Run, step: int) -> None:
     if not run.main:
         return
     preset = run.preset
-    panels = (
+    panels: dict[str, Any] = (
         {"raw weights": run.denoiser, "EMA weights": run.ema_denoiser} if run.ema else {"raw": run.denoiser}
     )
+    if run.cfg.task == "inpaint":  # nothing known (mask 1 everywhere): what the network makes on its own
+        res = preset.unet.resolution
+        nothing = torch.zeros(min(run.cfg.num_samples, 64), 3, res, res, device=run.device)
+        cond = inpaint_cond(nothing, torch.ones_like(nothing[:, :1]))
+        panels = {title: ConditionedDenoiser(d, cond) for title, d in panels.items()}
     grids = {
         title: generate(
             denoiser,
@@ -523,6 +563,10 @@ def _preview(run: Run, step: int) -> None:
             steps=preset.sample_steps,
             seed=run.cfg.seed + PREVIEW_SEED_OFFSET,
             schedule=preset.schedule,
+            batch_size=64,
+            device=run.device,
+            resolution=preset.unet.resolution,
+            formulation=run.denoiser.formulation,
         )
         for title, denoiser in panels.items()
     }
@@ -534,7 +578,12 @@ def _preview(run: Run, step: int) -> None:
 
 def _checkpoint(run: Run, step: int) -> Path | None:
     """Save a checkpoint (collective: every rank calls it; the main one writes). Its path on the main rank."""
-    mine = {"data": run.stream.state_dict(), "noise_gen": run.noise_gen.get_state(), "rng": rng_state()}
+    mine = {
+        "data": run.stream.state_dict(),
+        "noise_gen": run.noise_gen.get_state(),
+        "mask_gen": run.mask_gen.get_state(),
+        "rng": rng_state(),
+    }
     ranks = [mine]
     if run.dist.enabled:
         gathered: list[Any] = [None] * run.dist.world_size
@@ -544,6 +593,7 @@ def _checkpoint(run: Run, step: int) -> Path | None:
         return None
     ema, scaler = run.ema, run.scaler
     state = {
+        "task": run.cfg.task,
         "ranks": ranks,
         "preset": config_to_dict(run.preset),
         "train": dataclasses.asdict(run.cfg),
@@ -585,6 +635,10 @@ def _warn_if_flat(run: Run, progress: Progress, step: int) -> None:
 
 def train(cfg: TrainConfig, eval_fn: EvalFn | None = None) -> TrainResult:
     """Train (or resume) the run described by ``cfg``; returns a summary. See the module docstring."""
+    if cfg.task not in ("unconditional", "inpaint"):
+        raise ValueError(f"task must be 'unconditional' or 'inpaint', not {cfg.task!r}")
+    if cfg.task == "inpaint" and cfg.kid_every:
+        raise ValueError("--kid-every measures unconditional samples: not for an --task inpaint run")
     run = _set_up(cfg)
     step = _resume(run)
     model = _wrap(run)

@@ -79,6 +79,12 @@ def _threshold_option(flag: str, kind: type[float] | type[int], default: float |
 
 
 _DEFAULTS = FilterThresholds()
+FILL_MODEL_OPTION = click.option(
+    "--fill-model",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="diffengine run for --fill generated (unconditional, or trained with --task inpaint).",
+)
 
 
 def _threshold_options(command: Any) -> Any:
@@ -161,6 +167,7 @@ def main() -> None:
 )
 @click.option("--align-opt", multiple=True, type=StageOption(), metavar="KEY=VALUE", help="Aligner option.")
 @click.option("--fill-opt", multiple=True, type=StageOption(), metavar="KEY=VALUE", help="Fill option.")
+@FILL_MODEL_OPTION
 @click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
@@ -190,6 +197,7 @@ def crop(
     detector_opt: tuple[tuple[str, Any], ...],
     align_opt: tuple[tuple[str, Any], ...],
     fill_opt: tuple[tuple[str, Any], ...],
+    fill_model: Path | None,
     engine: str,
     ray_address: str | None,
     **filter_thresholds: Any,
@@ -216,7 +224,7 @@ def crop(
             size=size,
             detector_options={**({"model": model} if model else {}), **dict(detector_opt)},
             aligner_options={"scale": scale, "rotate": not no_rotate, **dict(align_opt)},
-            fill_options=dict(fill_opt),
+            fill_options=_fill_options(fill_model, fill_opt),
             thresholds=thresholds,
             rotation_fix=not no_rotation_fix,
             dedup=False,  # near-duplicates are checked by the single writer, across the whole run
@@ -292,6 +300,11 @@ def crop(
         raise click.ClickException(
             f"every input failed ({writer.stats.errors} files; see {dst / 'errors.jsonl'})"
         )
+
+
+def _fill_options(model: Path | None, options: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """--fill-opt KEY=VALUE pairs, with --fill-model as the fill's ``model``."""
+    return {**({"model": str(model.resolve())} if model else {}), **dict(options)}
 
 
 def _jobs(src: Path, dst: Path, own_files: set[str], limit: int | None) -> list[Job]:
@@ -471,6 +484,65 @@ def refilter(ctx: click.Context, dst: Path, src: Path | None, dry_run: bool, **t
         raise click.UsageError(str(exc)) from exc
     except (RefilterError, DatasetLockedError) as exc:
         raise click.ClickException(str(exc)) from exc
+    click.echo("\n".join(summary.lines()))
+
+
+@main.command()
+@click.argument("dst", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--fill", default="generated", show_default=True, help="Fill plugin to re-make the fill with.")
+@FILL_MODEL_OPTION
+@click.option("--fill-opt", multiple=True, type=StageOption(), metavar="KEY=VALUE", help="Fill option.")
+@click.option(
+    "--min-filled",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Re-make crops with more than this fraction filled.",
+)
+@click.option(
+    "--src",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Where the source photos are, if not where faceprep.json says.",
+)
+def refill(
+    dst: Path,
+    fill: str,
+    fill_model: Path | None,
+    fill_opt: tuple[tuple[str, Any], ...],
+    min_filled: float,
+    src: Path | None,
+) -> None:
+    """Re-make the outside-the-photo part of DST's crops with another fill (e.g. a model trained on them).
+
+    Crops are replaced atomically from their recorded source photo and quad; a killed refill resumes."""
+    from tqdm import tqdm
+
+    from faceprep.refill import RefillError
+    from faceprep.refill import refill as remake
+
+    bar = tqdm(unit="face", desc="refill", disable=None, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        summary = remake(
+            dst,
+            fill,
+            fill_options=_fill_options(fill_model, fill_opt),
+            min_filled=min_filled,
+            src=src,
+            progress=progress,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except (RefillError, DatasetLockedError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        bar.close()
     click.echo("\n".join(summary.lines()))
 
 

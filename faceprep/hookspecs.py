@@ -38,6 +38,11 @@ Fill
     the photo (their values are unspecified). It returns a tensor of the same shape in which only
     those outside pixels were set. ``quad_side`` is the crop square's side in canvas pixels (fills
     that scale a blur with the face size use it).
+
+    A fill class that sets ``wants_context = True`` is called with one more keyword argument,
+    ``fill(canvas, pad, quad_side, context=FillContext(...))`` (``faceprep.types.FillContext``: the
+    crop square's corners in canvas coordinates, the output size, the source name and face index).
+    Fills without the attribute are called exactly as above.
 """
 
 from __future__ import annotations

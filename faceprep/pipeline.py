@@ -195,11 +195,15 @@ class Pipeline:
         for index, det in enumerate(self.detect(image)):
             try:
                 quad = self.aligner.align(det, image.shape[:2])
-                pixels, filled = extract_face(image, quad, self.config.size, self.fill)
+                pixels, filled = extract_face(
+                    image, quad, self.config.size, self.fill, source=source, face_index=index
+                )
             except ValueError:  # degenerate landmarks, or a quad shifted entirely off the photo
                 continue
             results = filters.face_filters(det, pixels, filled, self.thresholds)
-            crop = FaceCrop(pixels, det, quad, index, float(filled), results, source)
+            recorder = getattr(self.fill, "record", None) if filled > 0 else None
+            fill_record = recorder(source, index) if callable(recorder) else None
+            crop = FaceCrop(pixels, det, quad, index, float(filled), results, source, fill_record)
             if self.duplicates is not None:
                 crop, _ = check_duplicate(crop, self.duplicates)
             crops.append(crop)

@@ -9,7 +9,7 @@ the nose tip, the image-left mouth corner, the image-right mouth corner (SCRFD /
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,21 @@ class Quad:
         return float(np.degrees(np.arctan2(d[1], d[0])))
 
 
+@dataclass(frozen=True, eq=False)
+class FillContext:
+    """What a fill that asks for it (``wants_context = True``) learns about the face it fills.
+
+    quad: (4, 2) corners of the crop square in *canvas* pixel coordinates (pixel centres at integers,
+    Quad's corner order: top-left, bottom-left, bottom-right, top-right of the output); size: the output
+    crop's side in pixels; source, face_index: which face this is (e.g. to seed a generative fill).
+    """
+
+    quad: FloatArray
+    size: int
+    source: str = ""
+    face_index: int = 0
+
+
 @dataclass(frozen=True)
 class FilterResult:
     """Value a quality filter measured, and whether it passed its threshold."""
@@ -84,6 +99,7 @@ class FaceCrop:
     filled_fraction: float
     filters: tuple[FilterResult, ...] = ()
     source: str = ""
+    fill_record: dict[str, Any] | None = None  # how a recording fill (``generated``) made the outside
 
     @property
     def rejected_by(self) -> tuple[str, ...]:
@@ -106,6 +122,7 @@ class FaceCrop:
             "detector": self.detection.detector,
             "filters": {f.name: round(float(f.value), 4) for f in self.filters},
             "rejected_by": list(self.rejected_by),
+            **({"fill": dict(self.fill_record)} if self.fill_record else {}),
         }
 
 
@@ -127,13 +144,3 @@ class ImageLoadError(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class Options:
-    """Free-form options passed to stage factories (e.g. {'model': path, 'score_threshold': 0.5})."""
-
-    values: dict[str, Any] = field(default_factory=dict)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)

@@ -139,15 +139,24 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """``UNet(config)(x, c_noise)`` → tensor shaped like x. See :class:`~diffengine.config.UNetConfig`."""
+    """``UNet(config)(x, c_noise)`` → tensor shaped like x. See :class:`~diffengine.config.UNetConfig`.
 
-    def __init__(self, config: UNetConfig):
+    Conditioned networks (inpainting: the masked image and the mask) take ``cond_channels`` more input
+    channels: ``UNet(config, cond_channels=4)(x, c_noise, cond)`` concatenates ``cond`` (B, 4, H, W)
+    to x before the first convolution; the output still has x's ``in_channels``. ``cond_channels``
+    defaults to ``config.cond_channels`` where the config has that field, else 0 (unconditional).
+    """
+
+    def __init__(self, config: UNetConfig, cond_channels: int | None = None):
         super().__init__()
         self.config = config
+        self.cond_channels = int(
+            cond_channels if cond_channels is not None else getattr(config, "cond_channels", 0) or 0
+        )
         mc, emb_ch = config.model_channels, config.emb_channels
         self.embed = NoiseEmbedding(mc, config.noise_embedding, config.fourier_scale)
         self.embed_mlp = nn.Sequential(nn.Linear(mc, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch), nn.SiLU())
-        self.conv_in = nn.Conv2d(config.in_channels, mc, 3, padding=1)
+        self.conv_in = nn.Conv2d(config.in_channels + self.cond_channels, mc, 3, padding=1)
 
         # Encoder: remember the channel count of every output that becomes a skip connection.
         self.down = nn.ModuleList()
@@ -177,7 +186,9 @@ class UNet(nn.Module):
         self.norm_out = GroupNorm(config.num_groups, ch)
         self.conv_out = zero_init(nn.Conv2d(ch, config.in_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels or x.shape[-2:] != (cfg.resolution,) * 2:
             raise ValueError(
@@ -186,6 +197,14 @@ class UNet(nn.Module):
             )
         if c_noise.shape != (x.shape[0],):
             raise ValueError(f"c_noise must have shape ({x.shape[0]},), got {tuple(c_noise.shape)}")
+        if self.cond_channels:
+            want = (x.shape[0], self.cond_channels, *x.shape[-2:])
+            if cond is None or tuple(cond.shape) != want:
+                got = None if cond is None else tuple(cond.shape)
+                raise ValueError(f"this UNet is conditioned: cond must have shape {want}, got {got}")
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)
+        elif cond is not None:
+            raise ValueError("cond given to an unconditional UNet (cond_channels=0)")
         emb = self.embed_mlp(self.embed(c_noise).to(x.dtype))  # (B, emb_ch), already SiLU-activated
 
         h = self.conv_in(x)

@@ -1,4 +1,5 @@
-"""Built-in fills: ``mirror-blur`` (FFHQ / CelebA-HQ), ``reflect``, ``edge``, ``constant``."""
+"""Built-in fills: ``mirror-blur`` (FFHQ / CelebA-HQ), ``reflect``, ``edge``, ``constant`` and
+``generated`` (a diffengine model outpaints the outside; see :mod:`faceprep.generated_fill`)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,33 @@ class EdgeFill:
         return F.fill_edge(canvas, pad)
 
 
+def generated_fill(
+    model: str | None = None,
+    sampler: str = "dpmpp2m",
+    steps: int = 12,
+    schedule: str = "karras",
+    jump: int = 3,
+    repeats: int = 2,
+    feather: float = 1.5,
+    seed: int = 0,
+    use_ema: bool = True,
+    device: str = "cpu",
+) -> object:
+    """The ``generated`` fill (imported on use: it loads torch models through diffengine)."""
+    from faceprep.generated_fill import GeneratedFill
+
+    return GeneratedFill(
+        model, sampler=sampler, steps=steps, schedule=schedule, jump=jump, repeats=repeats,
+        feather=feather, seed=seed, use_ema=use_ema, device=device,
+    )  # fmt: skip
+
+
+def _generated_available() -> str | None:
+    from faceprep.generated_fill import describe_available
+
+    return describe_available()
+
+
 class ConstantFill:
     """A constant colour (grey level or RGB in 0…255)."""
 
@@ -55,4 +83,10 @@ def faceprep_fills() -> Sequence[StageSpec]:
         StageSpec("reflect", ReflectFill, "mirror the photo at its edge"),
         StageSpec("edge", EdgeFill, "repeat the edge pixels"),
         StageSpec("constant", ConstantFill, "a constant colour (option value=, default black)"),
+        StageSpec(
+            "generated",
+            generated_fill,
+            "outpaint with a diffengine run (option model=RUN)",
+            available=_generated_available,
+        ),
     ]

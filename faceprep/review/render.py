@@ -123,7 +123,12 @@ class CropRenderer:
 
         try:
             pixels, _ = extract_face(
-                image, Quad(np.asarray(quad, dtype=np.float64)), max(size or self.size, MIN_SIZE), self.fill()
+                image,
+                Quad(np.asarray(quad, dtype=np.float64)),
+                max(size or self.size, MIN_SIZE),
+                self.fill(),
+                source=str(record.get("source", "")),
+                face_index=int(record.get("face_index", 0)),  # a generated fill seeds from these
             )
         except ValueError:
             return None
