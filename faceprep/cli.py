@@ -25,7 +25,7 @@ from faceprep.dataset import DELETED, DatasetError, DatasetWriter, RunStats
 from faceprep.filters import DETECTOR_DEFAULT, FilterThresholds
 from faceprep.geometry import MAX_SIZE, MIN_SIZE
 from faceprep.outputs import OUTPUT_KINDS, OutputFormat, OutputKind
-from faceprep.pipeline import FileResult, Pipeline, PipelineConfig, resolve_detector
+from faceprep.pipeline import DetectorFallbackWarning, FileResult, Pipeline, PipelineConfig
 from faceprep.run_lock import DatasetLockedError
 from faceprep.run_options import OptionsMismatchError, detector_identity, run_options
 
@@ -216,27 +216,31 @@ def crop(
         thresholds = FilterThresholds(**filter_thresholds)  # the --min-*/--max-*/--dedup-* options
         if model is not None and detector == "auto":
             detector = "scrfd"  # --model names an SCRFD file: that is the choice, nothing to fall back from
-        name, note = resolve_detector(detector)
-        config = PipelineConfig(
-            detector=name,
-            aligner=aligner,
-            fill=fill,
-            size=size,
-            detector_options={**({"model": model} if model else {}), **dict(detector_opt)},
-            aligner_options={"scale": scale, "rotate": not no_rotate, **dict(align_opt)},
-            fill_options=_fill_options(fill_model, fill_opt),
-            thresholds=thresholds,
-            rotation_fix=not no_rotation_fix,
-            dedup=False,  # near-duplicates are checked by the single writer, across the whole run
-        )
-        pipeline: Pipeline | None = Pipeline(config)  # validates names and options before any work
+        with warnings.catch_warnings(record=True) as caught:  # the fallback note: one line below
+            warnings.simplefilter("always", DetectorFallbackWarning)
+            pipeline: Pipeline | None = Pipeline.from_names(  # validates names and options before any work
+                detector,
+                aligner,
+                fill,
+                size,
+                detector_options={**({"model": model} if model else {}), **dict(detector_opt)},
+                aligner_options={"scale": scale, "rotate": not no_rotate, **dict(align_opt)},
+                fill_options=_fill_options(fill_model, fill_opt),
+                thresholds=thresholds,
+                rotation_fix=not no_rotation_fix,
+                dedup=False,  # near-duplicates are checked by the single writer, across the whole run
+            )
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise click.UsageError(str(exc)) from exc
     for failure in plugins.load_failures():
         click.echo(failure.message, err=True)
-    if note:
-        click.echo(f"faceprep: {note}", err=True)
+    for note in caught:
+        if issubclass(note.category, DetectorFallbackWarning):
+            click.echo(f"faceprep: {note.message}", err=True)
+        else:
+            warnings.warn_explicit(note.message, note.category, note.filename, note.lineno)
     assert pipeline is not None
+    config = pipeline.config
     identity = detector_identity(pipeline.detector)
     fmt: Literal["png", "jpg"] = "jpg" if image_format == "jpg" else "png"
     options = run_options(config, image_format=fmt, jpeg_quality=jpeg_quality, detector=identity)
