@@ -72,9 +72,12 @@ def drop_partial_line(path: str | os.PathLike[str]) -> int:
     return size - keep
 
 
-def smooth(values: list[float], weight: float = 0.8) -> list[float]:
+def smooth(values: list[float], weight: float | None = None) -> list[float]:
     """Exponential moving average with bias correction (TensorBoard's smoothing): the first point is
-    the first value, later points weigh the past by ``weight``."""
+    the first value, later points weigh the past by ``weight``. ``None``: a window of about 1/20 of the
+    points (capped at 0.9), so a short log is not drawn lagging behind its own values."""
+    if weight is None:
+        weight = min(0.9, max(0.0, 1.0 - 20.0 / max(len(values), 1)))
     out, avg = [], 0.0
     for i, v in enumerate(values, 1):
         avg = weight * avg + (1 - weight) * v

@@ -109,6 +109,8 @@ def test_smoothing_and_the_loss_plot(tmp_path: Path) -> None:
     assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
     noisy = [1.0 + (-1) ** i * 0.5 for i in range(200)]
     assert max(abs(v - 1.0) for v in smooth(noisy)[50:]) < 0.06  # the ±0.5 zig-zag mostly averaged out
+    falling = [1.0 / s for s in range(1, 13)]  # a short log (12 points) is not smoothed into a lagging line
+    assert smooth(falling) == pytest.approx(falling)
     records = [
         {"step": s, "loss": 1.0 / s, "sigma_edges": [0.1, 1.0, 10.0], "sigma_loss": [0.5 / s, None]}
         for s in range(1, 20)
