@@ -25,27 +25,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from PIL import Image
+from faceprep_throughput import pick_photos  # bench/ is on the path when a bench script runs
 
 from faceprep.cli import _results
 from faceprep.dataset import ERRORS, METADATA, REJECTED, DatasetWriter, read_jsonl
-from faceprep.imageio import iter_images
 from faceprep.pipeline import FileResult, PipelineConfig, resolve_detector
 
 Jobs = list[tuple[str, str]]
-
-
-def pick_photos(root: Path, limit: int) -> Jobs:
-    """The first ``limit`` photos of 0.3–2.5 MP under ``root`` (sorted walk: the same every run)."""
-    jobs = []
-    for path in iter_images(root):
-        with Image.open(path) as im:
-            mp = im.width * im.height / 1e6
-        if 0.3 <= mp <= 2.5:
-            jobs.append((str(path), path.relative_to(root).as_posix()))
-        if len(jobs) == limit:
-            break
-    return jobs
 
 
 def timed_run(results: Iterator[FileResult], dst: Path) -> tuple[float, int, int]:

@@ -30,13 +30,16 @@ from faceprep.pipeline import FileResult, Pipeline, PipelineConfig, resolve_dete
 
 
 def pick_photos(root: Path, limit: int) -> list[tuple[str, str]]:
+    """The first ``limit`` photos of 0.3–2.5 MP under ``root`` (sorted walk: the same every run)."""
     jobs = []
     for path in iter_images(root):
         with Image.open(path) as im:
             mp = im.width * im.height / 1e6
         if 0.3 <= mp <= 2.5:
             jobs.append((str(path), path.relative_to(root).as_posix()))
-    return jobs[:limit]
+        if len(jobs) == limit:
+            break
+    return jobs
 
 
 def run_once(jobs: list[tuple[str, str]], config: PipelineConfig, workers: int) -> tuple[float, float, int]:

@@ -79,6 +79,12 @@ def _threshold_option(flag: str, kind: type[float] | type[int], default: float |
 
 
 _DEFAULTS = FilterThresholds()
+SRC_OPTION = click.option(
+    "--src",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Where the source photos are, if not where faceprep.json says.",
+)
 FILL_MODEL_OPTION = click.option(
     "--fill-model",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -243,8 +249,9 @@ def crop(
     config = pipeline.config
     identity = detector_identity(pipeline.detector)
     fmt: Literal["png", "jpg"] = "jpg" if image_format == "jpg" else "png"
-    options = run_options(config, image_format=fmt, jpeg_quality=jpeg_quality, detector=identity)
-    options["output"] = output_kind
+    options = run_options(
+        config, image_format=fmt, jpeg_quality=jpeg_quality, output=output_kind, detector=identity
+    )
     writer = DatasetWriter(
         dst,
         image_format=fmt,
@@ -436,12 +443,7 @@ def _summary(
 @click.argument("dst", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Other than loopback: a warning.")
-@click.option(
-    "--src",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="Where the source photos are, if not where faceprep.json says.",
-)
+@SRC_OPTION
 @click.option("--no-browser", is_flag=True, help="Only serve; do not open a browser.")
 def review(dst: Path, port: int, host: str, src: Path | None, no_browser: bool) -> None:
     """Look at the faces of the dataset DST, kept and rejected, and keep or reject them in a browser.
@@ -460,12 +462,7 @@ def review(dst: Path, port: int, host: str, src: Path | None, no_browser: bool) 
 @main.command()
 @click.argument("dst", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_threshold_options
-@click.option(
-    "--src",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="Where the source photos are, if not where faceprep.json says (to render newly kept faces).",
-)
+@SRC_OPTION
 @click.option("--dry-run", is_flag=True, help="Only say what would change.")
 @click.pass_context
 def refilter(ctx: click.Context, dst: Path, src: Path | None, dry_run: bool, **thresholds: Any) -> None:
@@ -503,12 +500,7 @@ def refilter(ctx: click.Context, dst: Path, src: Path | None, dry_run: bool, **t
     show_default=True,
     help="Re-make crops with more than this fraction filled.",
 )
-@click.option(
-    "--src",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
-    help="Where the source photos are, if not where faceprep.json says.",
-)
+@SRC_OPTION
 def refill(
     dst: Path,
     fill: str,

@@ -40,13 +40,19 @@ def detector_identity(detector: object) -> dict[str, Any]:
 
 
 def run_options(
-    config: PipelineConfig, *, image_format: str, jpeg_quality: int, detector: Mapping[str, Any]
+    config: PipelineConfig,
+    *,
+    image_format: str,
+    jpeg_quality: int,
+    detector: Mapping[str, Any],
+    output: str = "folder",
 ) -> dict[str, Any]:
     """The output-affecting options of a run, keyed like the CLI flags that set them."""
     options: dict[str, Any] = {
         "size": config.size,
         "format": image_format,
         "jpeg_quality": jpeg_quality if image_format == "jpg" else None,
+        "output": output,
         "detector": config.detector,
         "detector_model_sha256": detector.get("model_sha256"),
         "detector_options": {k: v for k, v in config.detector_options.items() if k not in _NOT_COMPARED},
