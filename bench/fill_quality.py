@@ -143,6 +143,19 @@ def metrics(filled: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[str
     }
 
 
+def option(item: str) -> tuple[str, Any]:
+    """KEY=VALUE with VALUE an int, a float or a string."""
+    key, _, text = item.partition("=")
+    value: Any = text
+    for kind in (int, float):
+        try:
+            value = kind(text)
+            break
+        except ValueError:
+            pass
+    return key, value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="/work/shared/data/utkface")
@@ -154,6 +167,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--fill-opt", action="append", default=[], metavar="KEY=VALUE", help="generated fill option"
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL:KEY=VALUE,...",
+        help="one more generated fill, e.g. 'sdedit-1:model=RUN,init_sigma=1' (repeatable)",
     )
     ap.add_argument("--sheet", default="docs/fill_comparison.png")
     ap.add_argument("--out", default="fill_quality.json")
@@ -169,10 +189,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     rng.shuffle(held)
 
-    extra: dict[str, Any] = {}
-    for item in args.fill_opt:
-        k, _, v = item.partition("=")
-        extra[k] = int(v) if v.lstrip("-").isdigit() else v
+    extra = dict(option(item) for item in args.fill_opt)
     methods: dict[str, Any] = {
         "constant": plugins.create("fill", "constant"),
         "edge": plugins.create("fill", "edge"),
@@ -183,6 +200,10 @@ def main() -> None:
         methods["generated-uncond"] = plugins.create("fill", "generated", model=args.uncond, **extra)
     if args.inpaint:
         methods["generated-inpaint"] = plugins.create("fill", "generated", model=args.inpaint, **extra)
+    for spec in args.variant:
+        label, _, items = spec.partition(":")
+        options = {**extra, **dict(option(item) for item in items.split(",") if item)}
+        methods[label] = plugins.create("fill", "generated", **options)
 
     cases: list[dict[str, Any]] = []
     pool = iter(held)

@@ -60,11 +60,23 @@ SCHEDULES: dict[str, Callable[[int, Formulation], torch.Tensor]] = {
 }
 
 
-def get_sigmas(name: str, n: int, formulation: Formulation) -> torch.Tensor:
+def get_sigmas(name: str, n: int, formulation: Formulation, sigma_max: float | None = None) -> torch.Tensor:
     """Schedule ``name`` (``karras``, ``exponential``, ``vp``) with ``n`` steps over the formulation's
-    σ range (``vp`` uses the DDPM timestep table: the formulation's own if it is a VP one)."""
-    try:
-        fn = SCHEDULES[name]
-    except KeyError:
-        raise KeyError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}") from None
-    return fn(n, formulation)
+    σ range (``vp`` uses the DDPM timestep table: the formulation's own if it is a VP one).
+
+    ``sigma_max``: start from this σ instead of the formulation's (SDEdit-style partial sampling from a
+    noised image; ``karras`` and ``exponential`` only)."""
+    if name not in SCHEDULES:
+        raise KeyError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    if sigma_max is None:
+        return SCHEDULES[name](n, formulation)
+    if name == "vp":
+        raise ValueError("schedule 'vp' is a fixed timestep table: it cannot start from another sigma_max")
+    top = min(float(sigma_max), formulation.sigma_max)
+    if not top > formulation.sigma_min:
+        raise ValueError(
+            f"sigma_max must exceed the formulation's sigma_min {formulation.sigma_min}, got {sigma_max}"
+        )
+    if name == "karras":
+        return karras_sigmas(n, formulation.sigma_min, top)
+    return exponential_sigmas(n, formulation.sigma_min, top)

@@ -18,6 +18,11 @@ brought back up to the canvas (bicubic) and blended into the outside only, feath
 model pixels from the photo edge (from the photo mirrored at its edge to the generated pixels), so the
 edge shows no seam. Inside pixels are never changed.
 
+``init_sigma=S`` (SDEdit, Meng et al. 2022): instead of inventing the region from pure noise, start
+from the mirror-blur fill noised to σ = S and let the model correct it in ``steps`` steps; only the
+correction (model resolution) is added to the full-resolution mirror-blur, so its detail stays. Small S
+keeps the mirror-blur look, large S (→ 80) is the plain generated fill.
+
 Detail to expect: the generated part has the model's resolution. A 64 px model on 256 px crops is ×4:
 hair, shoulders and background come out plausible in colour and shape but soft (no detail finer than
 ~4 output pixels), like a 64 px image upscaled, next to a sharp photo; the feather hides the edge, not
@@ -193,6 +198,7 @@ class GeneratedFill:
         jump: int = DEFAULT_JUMP,
         repeats: int = DEFAULT_REPEATS,
         feather: float = DEFAULT_FEATHER,
+        init_sigma: float | None = None,
         seed: int = 0,
         use_ema: bool = True,
         device: str = "cpu",
@@ -217,6 +223,10 @@ class GeneratedFill:
             )
         if schedule not in SCHEDULES:
             raise ValueError(f"generated fill: unknown schedule {schedule!r} (one of {', '.join(SCHEDULES)})")
+        if init_sigma is not None and not float(init_sigma) > 0:
+            raise ValueError(f"generated fill: init_sigma must be > 0, got {init_sigma}")
+        if init_sigma is not None and schedule == "vp":
+            raise ValueError("generated fill: init_sigma needs the karras or exponential schedule")
         if int(steps) < 1 or int(repeats) < 1 or int(jump) < 0 or not float(feather) >= 0:
             raise ValueError(
                 f"generated fill: need steps >= 1, repeats >= 1, jump >= 0, feather >= 0; got "
@@ -225,6 +235,7 @@ class GeneratedFill:
         self.model_path = str(model)
         self.sampler, self.steps, self.schedule = sampler, int(steps), schedule
         self.jump, self.repeats, self.feather, self.seed = int(jump), int(repeats), float(feather), int(seed)
+        self.init_sigma = None if init_sigma is None else float(init_sigma)
         self.model = load_model(model, use_ema=bool(use_ema), device=str(device))  # fails here, not per face
         self.calls = 0  # faces that ran the model (tests, benchmarks)
 
@@ -248,6 +259,8 @@ class GeneratedFill:
         }
         if not self.model.conditioned:
             ident.update(jump=self.jump, repeats=self.repeats)
+        if self.init_sigma is not None:
+            ident.update(init="mirror-blur", init_sigma=self.init_sigma)
         return ident
 
     def record(self, source: str, face_index: int) -> dict[str, Any]:
@@ -270,19 +283,29 @@ class GeneratedFill:
             return base
         self.calls += 1
         known = _sample_square(base, corners, res).clamp(0, 255) / 127.5 - 1
+        guess = base  # what the model starts from (init_sigma) and what it corrects at full resolution
+        init = None
+        if self.init_sigma is not None:
+            guess = fills.fill_mirror_blur(canvas, pad, quad_side)
+            init = _sample_square(guess, corners, res).clamp(0, 255) / 127.5 - 1
         seed = face_seed(context.source, context.face_index, self.seed)
         from diffengine.inpaint import inpaint
 
         gen = inpaint(
             self.model, known[None], mask[None], [seed], sampler=self.sampler, steps=self.steps,
             schedule=self.schedule, jump=self.jump, repeats=self.repeats,
+            init=None if init is None else init[None], init_sigma=self.init_sigma,
         )[0]  # fmt: skip
-        up = _upsample_to_canvas((gen + 1) * 127.5, corners, (h, w)).clamp(0, 255)
+        if init is None:
+            up = _upsample_to_canvas((gen + 1) * 127.5, corners, (h, w))
+        else:  # keep the guess's detail: add only the model's correction, which has the model's resolution
+            up = guess + _upsample_to_canvas((gen - init) * 127.5, corners, (h, w))
+        up = up.clamp(0, 255)
         side = float(np.linalg.norm(corners[3] - corners[0]))
         feather = self.feather * side / res  # canvas pixels
         dist = _outside_distance((h, w), pad)
         weight = ((dist - 0.5) / feather).clamp(0, 1) if feather > 0 else (dist > 0).float()
-        blended = base + (up - base) * weight[None]
+        blended = guess + (up - guess) * weight[None]
         outside = fills.outside_mask(h, w, pad)
         return torch.where(outside[None], blended, canvas)
 

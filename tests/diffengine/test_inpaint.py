@@ -158,6 +158,27 @@ def test_inpaint_unconditional_run_is_seeded_and_keeps_known(tmp_path: Path) -> 
     assert a.min() >= -1 and a.max() <= 1
 
 
+def test_inpaint_from_an_initial_guess_corrects_it_sdedit_style(tmp_path: Path) -> None:
+    model = load_inpaint_model(_uncond_run(tmp_path / "u"))
+    known, mask, _ = _case(n=2)
+    guess = torch.linspace(-0.5, 0.5, 16)[None, None, None, :].expand(2, 3, 16, 16).contiguous()
+    near = inpaint(model, known, mask, [1, 2], steps=3, init=guess, init_sigma=0.004)
+    far = inpaint(model, known, mask, [1, 2], steps=3, init=guess, init_sigma=40.0)
+    hole = (mask == 1).expand_as(known)
+    keep = ~hole
+    assert torch.equal(near[keep], known[keep]) and torch.equal(far[keep], known[keep])
+    # from a barely noised guess the result is the guess; from σ = 40 the guess is forgotten
+    assert (near[hole] - guess[hole]).abs().max() < 0.05
+    assert (far[hole] - guess[hole]).abs().mean() > 0.1
+    torch.testing.assert_close(
+        near, inpaint(model, known, mask, [1, 2], steps=3, init=guess, init_sigma=0.004)
+    )
+    with pytest.raises(ValueError, match="go together"):
+        inpaint(model, known, mask, [1, 2], steps=3, init=guess)
+    with pytest.raises(ValueError, match="shape of known"):
+        inpaint(model, known, mask, [1, 2], steps=3, init=guess[:, :, :8], init_sigma=1.0)
+
+
 def test_train_task_inpaint_run_end_to_end(faces: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 

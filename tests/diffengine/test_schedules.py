@@ -78,6 +78,19 @@ def test_get_sigmas_uses_the_formulation_range() -> None:
     assert set(SCHEDULES) == {"karras", "exponential", "vp"}
 
 
+def test_get_sigmas_can_start_below_the_formulation_sigma_max() -> None:
+    edm = EDM()
+    torch.testing.assert_close(get_sigmas("karras", 6, edm, sigma_max=1.5), karras_sigmas(6, 0.002, 1.5))
+    torch.testing.assert_close(
+        get_sigmas("exponential", 4, edm, sigma_max=3.0), exponential_sigmas(4, 0.002, 3.0)
+    )
+    assert get_sigmas("karras", 6, edm, sigma_max=500.0)[0].item() == pytest.approx(80.0)  # capped
+    with pytest.raises(ValueError, match="fixed timestep table"):
+        get_sigmas("vp", 6, edm, sigma_max=1.0)
+    with pytest.raises(ValueError, match="sigma_max must exceed"):
+        get_sigmas("karras", 6, edm, sigma_max=0.001)
+
+
 def test_bad_arguments_give_clear_errors() -> None:
     with pytest.raises(KeyError, match=r"unknown schedule 'cosine'.*karras"):
         get_sigmas("cosine", 10, EDM())

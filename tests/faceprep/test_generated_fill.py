@@ -197,6 +197,31 @@ def test_same_seed_gives_identical_crops(uncond_run: Path) -> None:
     assert face_seed("a.jpg", 0) == face_seed("a.jpg", 0) != face_seed("a.jpg", 1)
 
 
+@pytest.mark.parametrize("run_name", ["uncond_run", "inpaint_run"])
+def test_init_sigma_starts_from_mirror_blur_and_keeps_its_detail(run_name: str, request: Any) -> None:
+    run = request.getfixturevalue(run_name)
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)
+    quad = Quad(np.array([[-20.0, 4.0], [-20.0, 52.0], [28.0, 52.0], [28.0, 4.0]]))  # 40% outside
+    mirror, filled = extract_face(image, quad, 64, plugins.create("fill", "mirror-blur"))
+    assert filled > 0.3
+    near_fill = GeneratedFill(run, init_sigma=0.003, **FAST)
+    near, _ = extract_face(image, quad, 64, near_fill, source="a.jpg")
+    far, _ = extract_face(image, quad, 64, GeneratedFill(run, init_sigma=60.0, **FAST), source="a.jpg")
+    # σ ≈ 0: the model has nothing to correct, so the crop is the mirror-blur crop (up to rounding)
+    assert np.abs(near.astype(int) - mirror.astype(int)).max() <= 2
+    black, _ = extract_face(image, quad, 64, plugins.create("fill", "constant", value=0))
+    white, _ = extract_face(image, quad, 64, plugins.create("fill", "constant", value=255))
+    outside = (white.astype(int) - black.astype(int)).max(axis=2) > 128  # wholly outside the photo
+    assert np.abs(far[outside].astype(int) - mirror[outside].astype(int)).mean() > 3  # σ = 60 repaints
+    assert near_fill.identity()["init"] == "mirror-blur" and near_fill.identity()["init_sigma"] == 0.003
+    assert "init_sigma" not in GeneratedFill(run, **FAST).identity()
+    with pytest.raises(ValueError, match="init_sigma must be > 0"):
+        GeneratedFill(run, init_sigma=0.0)
+    with pytest.raises(ValueError, match="karras or exponential"):
+        GeneratedFill(run, init_sigma=1.0, schedule="vp")
+
+
 @pytest.mark.parametrize("run_name", ["uncond_run", "uncond32_run", "inpaint_run"])
 def test_library_pipeline_end_to_end(
     run_name: str, request: pytest.FixtureRequest, cut_photos: Path, scrfd_model: Path
