@@ -6,8 +6,8 @@ centre crop, antialiased resize to the model resolution), embedded with Inceptio
 the preprocessing id, the resolution and a fingerprint of the dataset (file names and sizes).
 
 Cache file: ``<cache_dir>/<key>.npz`` where the key hashes (fingerprint, resolution, split, count,
-preprocessing id); ``cache_dir`` defaults to ``$DIFFENGINE_CACHE/refstats`` or
-``~/.cache/diffengine/refstats``.
+preprocessing id); ``cache_dir`` defaults to ``refstats`` in ``$DIFFENGINE_CACHE``, else
+``$XDG_CACHE_HOME/diffengine``, else ``~/.cache/diffengine``.
 """
 
 from __future__ import annotations
@@ -98,9 +98,11 @@ def load_refstats(path: str | os.PathLike[str]) -> RefStats:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("DIFFENGINE_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "diffengine"
-    return base / "refstats"
+    """``refstats`` in diffengine's cache (the same rule as the Inception weights':
+    :func:`diffengine.metrics.inception.cache_dir`)."""
+    from diffengine.metrics.inception import cache_dir
+
+    return cache_dir() / "refstats"
 
 
 def select_names(

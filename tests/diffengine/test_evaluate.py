@@ -18,7 +18,13 @@ from diffengine.evaluate_cli import eval_command
 from diffengine.generate import generate, load_run
 from diffengine.metrics.fid import kid
 from diffengine.metrics.inception import InceptionFeatures
-from diffengine.metrics.refstats import RefStats, load_refstats, reference_statistics, select_names
+from diffengine.metrics.refstats import (
+    RefStats,
+    default_cache_dir,
+    load_refstats,
+    reference_statistics,
+    select_names,
+)
 from diffengine.train import TrainConfig, train
 
 RES = 16
@@ -163,3 +169,15 @@ def test_samples_of_a_2_step_model_score_worse_than_the_real_faces(
     assert kid_fake > kid_real + 0.01
     with pytest.raises(ValueError, match="reference is at 16px"):
         score_images(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), ref)
+
+
+def test_refstats_cache_follows_the_cache_rule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("DIFFENGINE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "diffengine" / "refstats"
+    monkeypatch.setenv("DIFFENGINE_CACHE", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine" / "refstats"
+    monkeypatch.delenv("DIFFENGINE_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "diffengine" / "refstats"
