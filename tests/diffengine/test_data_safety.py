@@ -186,12 +186,12 @@ def test_huge_images_are_refused_before_decoding(
 # The same refusals on the streaming path (decoded in DataLoader workers)
 
 
-def _stream_all(path: Path, workers: int = 2, **kwargs: object) -> None:
+def _stream_all(path: Path, workers: int = 2) -> None:
     from diffengine.streaming import make_stream
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # only N images
-        stream = make_stream(path, 8, 1, seed=0, split="all", streaming=True, workers=workers, **kwargs)  # type: ignore[arg-type]
+        stream = make_stream(path, 8, 1, seed=0, split="all", streaming=True, workers=workers)
     for _ in range(stream.n_images):  # batch 1: one epoch reads every file
         stream.next()
 

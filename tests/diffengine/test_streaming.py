@@ -21,12 +21,13 @@ from diffengine.streaming import (
     MemoryStream,
     ShardDataset,
     ShardStream,
+    Stream,
     find_shards,
     index_shards,
     make_stream,
 )
 from faceprep.dataset import DatasetWriter, face_file_name
-from faceprep.outputs import OutputFormat
+from faceprep.outputs import OutputFormat, OutputKind
 from faceprep.pipeline import FileResult
 from faceprep.review.store import DecisionLog
 from faceprep.types import Detection, FaceCrop, FilterResult, Quad
@@ -43,9 +44,9 @@ def _face(source: str, index: int, seed: int, *, passed: bool = True) -> FaceCro
     return FaceCrop(image, det, quad, index, 0.0, (FilterResult("score", 0.9, passed, 0.5),), source)
 
 
-def _faceprep(dst: Path, kind: str, n: int = N) -> Path:
+def _faceprep(dst: Path, kind: OutputKind, n: int = N) -> Path:
     """A faceprep DST written by its own writer: per source, face 0 kept and face 1 rejected."""
-    with DatasetWriter(dst, output=OutputFormat(kind)) as w:  # type: ignore[arg-type]
+    with DatasetWriter(dst, output=OutputFormat(kind)) as w:
         for i in range(n):
             s = f"s{i:02d}.jpg"
             w.write(FileResult(f"/p/{s}", s, (_face(s, 0, 2 * i), _face(s, 1, 2 * i + 1, passed=False))))
@@ -56,7 +57,8 @@ def _faceprep(dst: Path, kind: str, n: int = N) -> Path:
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("faceprep")
-    return {kind: _faceprep(root / kind, kind) for kind in ("folder", "zip", "wds")}
+    kinds: tuple[OutputKind, ...] = ("folder", "zip", "wds")
+    return {kind: _faceprep(root / kind, kind) for kind in kinds}
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -90,8 +92,8 @@ def _rows(x: torch.Tensor) -> list[bytes]:
     return sorted(img.numpy().tobytes() for img in x)
 
 
-def _take(stream: object, k: int) -> list[torch.Tensor]:
-    return [stream.next() for _ in range(k)]  # type: ignore[attr-defined]
+def _take(stream: Stream, k: int) -> list[torch.Tensor]:
+    return [stream.next() for _ in range(k)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -234,7 +236,7 @@ def test_heldout_split_is_today_s(datasets: dict[str, Path], tmp_path: Path) -> 
 # Resume
 
 
-def _streams(kind: str, root: Path, workers: int) -> Iterator[object]:
+def _streams(kind: str, root: Path, workers: int) -> Iterator[Stream]:
     while True:
         if kind == "wds":
             yield make_stream(root, 8, 4, seed=2, split="all", workers=workers)
@@ -255,14 +257,16 @@ def test_resume_mid_epoch_yields_the_uninterrupted_batches(tmp_path: Path, kind:
             with tarfile.open(p) as tar:
                 for m in tar.getmembers():
                     if m.name.endswith(".png"):
-                        (root / m.name).write_bytes(tar.extractfile(m).read())  # type: ignore[union-attr]
+                        member = tar.extractfile(m)
+                        assert member is not None, m.name
+                        (root / m.name).write_bytes(member.read())
     make = _streams(kind, root, workers)
     straight = _take(next(make), 13)
     first = next(make)
     assert [torch.equal(a, b) for a, b in zip(_take(first, 3), straight, strict=False)] == [True] * 3
-    state = first.state_dict()  # type: ignore[attr-defined]
+    state = first.state_dict()
     again = next(make)
-    again.load_state_dict(state)  # type: ignore[attr-defined]
+    again.load_state_dict(state)
     for want, got in zip(straight[3:], _take(again, 10), strict=True):
         assert torch.equal(want, got)
     if kind != "wds":  # one state format: a memory checkpoint resumes streaming and back

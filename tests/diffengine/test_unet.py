@@ -81,9 +81,9 @@ def test_channels_last_matches_contiguous() -> None:
     x, c = torch.randn(2, 3, 16, 16), torch.tensor([0.2, 0.7])
     with torch.no_grad():
         ref = net(x, c)
-        cl = net.to(memory_format=torch.channels_last)(  # type: ignore[call-overload]
-            x.to(memory_format=torch.channels_last), c
-        )
+        # Module.to takes memory_format (keyword only), but torch's overloads of it leave it out.
+        channels_last: dict[str, Any] = {"memory_format": torch.channels_last}
+        cl = net.to(**channels_last)(x.to(memory_format=torch.channels_last), c)
     torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-5)
 
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from faceprep.dataset import DatasetWriter
-from faceprep.outputs import OutputFormat
+from faceprep.outputs import OutputFormat, OutputKind
 from faceprep.pipeline import FileResult
 from faceprep.types import Detection, FaceCrop, FilterResult, Quad
 
@@ -28,8 +28,8 @@ def _face(source: str, index: int, seed: int, *, passed: bool = True) -> FaceCro
     return FaceCrop(image, det, quad, index, 0.0, (FilterResult("score", 0.9, passed, 0.5),), source)
 
 
-def _write(dst: Path, kind: str, sources: list[str], seed0: int = 0) -> None:
-    with DatasetWriter(dst, output=OutputFormat(kind)) as w:  # type: ignore[arg-type]
+def _write(dst: Path, kind: OutputKind, sources: list[str], seed0: int = 0) -> None:
+    with DatasetWriter(dst, output=OutputFormat(kind)) as w:
         for i, source in enumerate(sources):
             faces = (_face(source, 0, seed0 + 2 * i), _face(source, 1, seed0 + 2 * i + 1, passed=False))
             w.write(FileResult(f"/p/{source}", source, faces))
@@ -103,10 +103,10 @@ def test_a_kill_while_packing_keeps_the_old_archive_and_the_staged_crops(
     before = (dst / "dataset.zip").read_bytes()
     real = os.replace
 
-    def killed(src: object, target: object) -> None:
+    def killed(src: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
         if str(target).endswith("dataset.zip"):
             raise KeyboardInterrupt  # the moment before the new archive is renamed into place
-        real(src, target)  # type: ignore[arg-type]
+        real(src, target)
 
     monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
@@ -10,6 +12,10 @@ from hypothesis import strategies as st
 from diffengine.kernels import group_norm as gn_module
 from diffengine.kernels import group_norm_silu, set_backend
 from diffengine.kernels.group_norm import group_norm_silu_reference
+
+if TYPE_CHECKING:  # conftest is not importable at run time (--import-mode=importlib)
+    from diffengine.kernels.backend import Backend
+    from tests.diffengine.kernels.conftest import Close
 
 SETTINGS = settings(
     max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -28,12 +34,23 @@ def _inputs(
     return [x, weight, bias, scale, shift]
 
 
-def _compare(inputs: list[torch.Tensor | None], groups: int, close, silu: bool = True) -> None:  # type: ignore[no-untyped-def]
-    dtype = inputs[0].dtype  # type: ignore[union-attr]
+def _args(
+    inputs: list[torch.Tensor | None],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``inputs`` as (x, weight, bias, scale, shift): only scale and shift may be None."""
+    x, weight, bias, scale, shift = inputs
+    assert x is not None and weight is not None and bias is not None, "x, weight and bias are required"
+    return x, weight, bias, scale, shift
+
+
+def _compare(inputs: list[torch.Tensor | None], groups: int, close: Close, silu: bool = True) -> None:
+    dtype = _args(inputs)[0].dtype
     ours = [t.clone().requires_grad_() if t is not None else None for t in inputs]
     ref = [t.detach().double().requires_grad_() if t is not None else None for t in inputs]
-    y = group_norm_silu(ours[0], ours[1], ours[2], groups, ours[3], ours[4], silu=silu)  # type: ignore[arg-type]
-    y_ref = group_norm_silu_reference(ref[0], ref[1], ref[2], groups, ref[3], ref[4], silu=silu)  # type: ignore[arg-type]
+    x, weight, bias, scale, shift = _args(ours)
+    y = group_norm_silu(x, weight, bias, groups, scale, shift, silu=silu)
+    x, weight, bias, scale, shift = _args(ref)
+    y_ref = group_norm_silu_reference(x, weight, bias, groups, scale, shift, silu=silu)
     assert y.dtype == dtype
     close(y, y_ref, dtype, "forward")
     grad = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(dtype)
@@ -58,54 +75,59 @@ def _compare(inputs: list[torch.Tensor | None], groups: int, close, silu: bool =
     w=st.sampled_from([1, 3, 5]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_matches_reference_fp32(triton_cpu, close, b, groups, cpg, h, w, seed) -> None:  # type: ignore[no-untyped-def]
+def test_matches_reference_fp32(
+    triton_cpu: None, close: Close, b: int, groups: int, cpg: int, h: int, w: int, seed: int
+) -> None:
     assume(cpg * h * w > 1)  # the reference rejects single-value groups
     _compare(_inputs(b, groups * cpg, h, w, torch.float32, seed), groups, close)
 
 
 @pytest.mark.parametrize(("shape", "groups"), [((2, 6, 5, 7), 3), ((1, 10, 3, 3), 5), ((3, 4, 1, 1), 2)])
-def test_matches_reference_bf16(triton_cpu, close, shape, groups) -> None:  # type: ignore[no-untyped-def]
+def test_matches_reference_bf16(
+    triton_cpu: None, close: Close, shape: tuple[int, int, int, int], groups: int
+) -> None:
     b, c, h, w = shape
     _compare(_inputs(b, c, h, w, torch.bfloat16, seed=sum(shape)), groups, close)
 
 
 @pytest.mark.parametrize(("modulate", "silu"), [(False, False), (True, True)])
-def test_options_and_multi_tile(triton_cpu, close, monkeypatch, modulate, silu) -> None:  # type: ignore[no-untyped-def]
+def test_options_and_multi_tile(
+    triton_cpu: None, close: Close, monkeypatch: pytest.MonkeyPatch, modulate: bool, silu: bool
+) -> None:
     monkeypatch.setattr(gn_module, "MAX_TILE", 32)  # 11·7 = 77 pixels in tiles of 8: last one partial
     _compare(_inputs(2, 6, 11, 7, torch.float32, seed=3, modulate=modulate), 2, close, silu=silu)
 
 
-def test_channels_last_keeps_layout(triton_cpu, close) -> None:  # type: ignore[no-untyped-def]
+def test_channels_last_keeps_layout(triton_cpu: None, close: Close) -> None:
     inputs = _inputs(2, 6, 5, 3, torch.float32, seed=11)
-    inputs[0] = inputs[0].contiguous(memory_format=torch.channels_last)  # type: ignore[union-attr]
+    x, w, bias, scale, shift = _args(inputs)
+    x = inputs[0] = x.contiguous(memory_format=torch.channels_last)
     _compare(inputs, 3, close)
-    x, w, bias, scale, shift = inputs
-    y = group_norm_silu(x, w, bias, 3, scale, shift)  # type: ignore[arg-type]
+    y = group_norm_silu(x, w, bias, 3, scale, shift)
     assert y.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_only_scale_or_only_shift(triton_cpu, close) -> None:  # type: ignore[no-untyped-def]
+def test_only_scale_or_only_shift(triton_cpu: None, close: Close) -> None:
     x, w, bias, scale, shift = _inputs(2, 4, 3, 3, torch.float32, seed=5)
     _compare([x, w, bias, scale, None], 2, close)
     _compare([x, w, bias, None, shift], 2, close)
 
 
-def test_nan_propagates_to_its_group_only(triton_cpu) -> None:  # type: ignore[no-untyped-def]
-    x, w, bias, scale, shift = _inputs(2, 4, 3, 3, torch.float32, seed=1)
-    assert x is not None
+def test_nan_propagates_to_its_group_only(triton_cpu: None) -> None:
+    x, w, bias, scale, shift = _args(_inputs(2, 4, 3, 3, torch.float32, seed=1))
     x[1, 2, 1, 1] = float("nan")  # sample 1, group 1 (channels 2-3)
-    y = group_norm_silu(x, w, bias, 2, scale, shift)  # type: ignore[arg-type]
+    y = group_norm_silu(x, w, bias, 2, scale, shift)
     assert torch.isnan(y[1, 2:]).all()
     assert torch.isfinite(y[0]).all() and torch.isfinite(y[1, :2]).all()
 
 
-def test_bad_groups_raise(triton_cpu) -> None:  # type: ignore[no-untyped-def]
-    x, w, bias, _, _ = _inputs(1, 6, 2, 2, torch.float32, seed=0)
+def test_bad_groups_raise(triton_cpu: None) -> None:
+    x, w, bias, _, _ = _args(_inputs(1, 6, 2, 2, torch.float32, seed=0))
     with pytest.raises(ValueError, match="not divisible"):
-        group_norm_silu(x, w, bias, 4)  # type: ignore[arg-type]
+        group_norm_silu(x, w, bias, 4)
 
 
-def test_bad_bias_or_shift_shape_raises(triton_cpu) -> None:  # type: ignore[no-untyped-def]
+def test_bad_bias_or_shift_shape_raises(triton_cpu: None) -> None:
     x, w, bias, scale, shift = (t for t in _inputs(2, 6, 2, 2, torch.float32, seed=0) if t is not None)
     with pytest.raises(ValueError, match="bias"):
         group_norm_silu(x, w, bias[:4], 3)
@@ -123,8 +145,13 @@ def test_bad_bias_or_shift_shape_raises(triton_cpu) -> None:  # type: ignore[no-
         ("torch", False, True, "torch"),
     ],
 )
-def test_auto_uses_the_kernel_only_where_no_gradient_is_needed(  # type: ignore[no-untyped-def]
-    monkeypatch, capable_gpu, backend, requires_grad, grad_mode, expected
+def test_auto_uses_the_kernel_only_where_no_gradient_is_needed(
+    monkeypatch: pytest.MonkeyPatch,
+    capable_gpu: None,
+    backend: Backend | None,
+    requires_grad: bool,
+    grad_mode: bool,
+    expected: str,
 ) -> None:
     """Dispatch as if on a capable GPU (``backend.AUTO`` decides): which path runs."""
     calls: list[str] = []

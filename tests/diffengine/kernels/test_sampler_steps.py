@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -24,6 +25,11 @@ from diffengine.kernels.sampler_steps import (
 )
 from diffengine.samplers import DETERMINISTIC, SAMPLERS
 
+if TYPE_CHECKING:  # conftest is not importable at run time (--import-mode=importlib)
+    from diffengine.precond import DenoiseFn
+    from diffengine.samplers import Callback
+    from tests.diffengine.kernels.conftest import Close
+
 SIGMAS = [(14.6, 3.1, 20.0), (0.9, 0.0, 1.7), (2.0, 1.5, None)]  # (σ, σ_next, σ_prev): last step, first step
 
 
@@ -35,7 +41,15 @@ def _tensors(n: int, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
 @pytest.mark.parametrize("as_tensor", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("s", "sn", "sp"), SIGMAS)
-def test_steps_match_reference(triton_cpu, close, dtype, as_tensor, s, sn, sp) -> None:  # type: ignore[no-untyped-def]
+def test_steps_match_reference(
+    triton_cpu: None,
+    close: Close,
+    dtype: torch.dtype,
+    as_tensor: bool,
+    s: float,
+    sn: float,
+    sp: float | None,
+) -> None:
     x, xn, den, denn = _tensors(7, dtype, seed=int(s * 10))
     wrap = (lambda v: torch.tensor(v)) if as_tensor else (lambda v: v)
     sig = (wrap(s), wrap(sn))
@@ -51,7 +65,7 @@ def test_steps_match_reference(triton_cpu, close, dtype, as_tensor, s, sn, sp) -
     close(dpmpp2m_step(x, den, None, *sig, None), first, dtype, "dpmpp2m first order")
 
 
-def test_nan_propagates(triton_cpu) -> None:  # type: ignore[no-untyped-def]
+def test_nan_propagates(triton_cpu: None) -> None:
     x, _, den, old = _tensors(3, torch.float32, 0)
     den[1, 2, 3, 1] = float("nan")
     for out in (euler_step(x, den, 2.0, 1.0), dpmpp2m_step(x, den, old, 2.0, 1.0, 3.0)):
@@ -60,7 +74,9 @@ def test_nan_propagates(triton_cpu) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("terms", [1, 2, 3, 5])
-def test_weighted_sum_matches_reference(triton_cpu, close, dtype, terms) -> None:  # type: ignore[no-untyped-def]
+def test_weighted_sum_matches_reference(
+    triton_cpu: None, close: Close, dtype: torch.dtype, terms: int
+) -> None:
     g = torch.Generator().manual_seed(terms)
     tensors = [torch.randn(2, 3, 5, 7, generator=g).to(dtype) for _ in range(terms)]
     weights = [1.0, -59 / 24, 37 / 24, 0.3, -9 / 24][:terms]
@@ -69,7 +85,7 @@ def test_weighted_sum_matches_reference(triton_cpu, close, dtype, terms) -> None
     assert got.dtype == dtype
 
 
-def test_weighted_sum_keeps_channels_last_and_checks_its_arguments(triton_cpu) -> None:  # type: ignore[no-untyped-def]
+def test_weighted_sum_keeps_channels_last_and_checks_its_arguments(triton_cpu: None) -> None:
     x = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
     y = torch.randn(2, 3, 4, 5)
     got = weighted_sum((2.0, -1.0), (x, y))
@@ -81,7 +97,7 @@ def test_weighted_sum_keeps_channels_last_and_checks_its_arguments(triton_cpu) -
         weighted_sum((1.0,), (x, y))
 
 
-def _gaussian_denoiser(mu: float, s0: float):  # type: ignore[no-untyped-def]
+def _gaussian_denoiser(mu: float, s0: float) -> DenoiseFn:
     # Data N(mu, s0²): the ideal denoiser is closed form, so the ODE maps noise to samples of the data.
     def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s2 = sigma.view(-1, 1, 1, 1) ** 2
@@ -91,7 +107,7 @@ def _gaussian_denoiser(mu: float, s0: float):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("name", sorted(DETERMINISTIC))
-def test_samplers_same_on_both_backends_and_recover_gaussian(name) -> None:  # type: ignore[no-untyped-def]
+def test_samplers_same_on_both_backends_and_recover_gaussian(name: str) -> None:
     """Every deterministic sampler through ``capture``'s eager path (the CPU fallback) with PyTorch ops
     equals the same sampler with every fused step run by the interpreted Triton kernels."""
     mu, s0 = 0.7, 0.3
@@ -117,7 +133,14 @@ def test_samplers_same_on_both_backends_and_recover_gaussian(name) -> None:  # t
 def test_capture_eager_path_is_the_sampler_and_hands_it_host_sigmas() -> None:
     seen: list[torch.Tensor] = []
 
-    def spy(model, x, sigmas, *, generator=None, callback=None):  # type: ignore[no-untyped-def]
+    def spy(
+        model: DenoiseFn,
+        x: torch.Tensor,
+        sigmas: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        callback: Callback | None = None,
+    ) -> torch.Tensor:
         seen.append(sigmas)
         return SAMPLERS["ipndm"](model, x, sigmas)
 
@@ -137,7 +160,7 @@ def test_graph_on_cpu_is_an_error() -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("name", sorted(DETERMINISTIC))
-def test_graph_matches_eager_on_cuda(name) -> None:  # type: ignore[no-untyped-def]
+def test_graph_matches_eager_on_cuda(name: str) -> None:
     """The captured loop (static input buffer, whole loop in one graph) replays the eager result, and a
     second input through the same graph gives that input's result (the buffer really is the input)."""
     dev = torch.device("cuda")
