@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from faceprep import fill as F
+from faceprep.generated_fill import GeneratedFill, describe_available
 from faceprep.hookspecs import StageSpec, hookimpl
 
 Pad = tuple[int, int, int, int]
@@ -34,33 +35,6 @@ class EdgeFill:
         return F.fill_edge(canvas, pad)
 
 
-def generated_fill(
-    model: str | None = None,
-    sampler: str = "dpmpp2m",
-    steps: int = 12,
-    schedule: str = "karras",
-    jump: int = 3,
-    repeats: int = 2,
-    feather: float = 1.5,
-    seed: int = 0,
-    use_ema: bool = True,
-    device: str = "cpu",
-) -> object:
-    """The ``generated`` fill (imported on use: it loads torch models through diffengine)."""
-    from faceprep.generated_fill import GeneratedFill
-
-    return GeneratedFill(
-        model, sampler=sampler, steps=steps, schedule=schedule, jump=jump, repeats=repeats,
-        feather=feather, seed=seed, use_ema=use_ema, device=device,
-    )  # fmt: skip
-
-
-def _generated_available() -> str | None:
-    from faceprep.generated_fill import describe_available
-
-    return describe_available()
-
-
 class ConstantFill:
     """A constant colour (grey level or RGB in 0…255)."""
 
@@ -85,8 +59,8 @@ def faceprep_fills() -> Sequence[StageSpec]:
         StageSpec("constant", ConstantFill, "a constant colour (option value=, default black)"),
         StageSpec(
             "generated",
-            generated_fill,
+            GeneratedFill,
             "outpaint with a diffengine run (option model=RUN)",
-            available=_generated_available,
+            available=describe_available,
         ),
     ]

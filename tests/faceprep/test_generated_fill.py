@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from diffengine.inpaint import Task
 from faceprep import plugins
 from faceprep.cli import main
 from faceprep.fill import outside_mask
@@ -63,13 +64,13 @@ def faces_zip(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return path
 
 
-def _train(data: Path, out: Path, task: str = "unconditional", **unet: Any) -> Path:
+def _train(data: Path, out: Path, task: Task = "unconditional", **unet: Any) -> Path:
     from diffengine.train import TrainConfig, train
 
     cfg = TrainConfig(
         data=str(data), out=str(out), preset="faces32", max_steps=3, batch_size=4, log_every=1,
         sample_every=10**6, ckpt_every=10**6, num_samples=2, progress=False, unet={**TINY_UNET, **unet},
-        task=task,  # type: ignore[arg-type]
+        task=task,
     )  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
