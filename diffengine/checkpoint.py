@@ -385,3 +385,21 @@ def load_checkpoint(path: str | os.PathLike[str], tensors: bool = True) -> Check
             )
         return ckpt
     raise CheckpointError(f"{path}: no intact checkpoint ({'; '.join(bad)})")
+
+
+def run_weights(
+    run: str | os.PathLike[str], use_ema: bool = True, *, ema_fallback: bool = False
+) -> tuple[Checkpoint, Path]:
+    """The newest intact checkpoint record of ``run`` (a run folder, its ``checkpoints`` folder or one
+    checkpoint; tensors not read) and the weights file to load: EMA unless ``use_ema`` is False. A
+    checkpoint without EMA weights is a CheckpointError, or gives the raw weights with ``ema_fallback``."""
+    path = Path(run)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run folder")
+    ckpt = load_checkpoint(path / "checkpoints" if (path / "checkpoints").is_dir() else path, tensors=False)
+    weights = ckpt.path / ("ema.safetensors" if use_ema else "model.safetensors")
+    if use_ema and not weights.is_file():
+        if not ema_fallback:
+            raise CheckpointError(f"{ckpt.path}: no EMA weights saved (use the raw weights: use_ema=False)")
+        weights = ckpt.path / "model.safetensors"
+    return ckpt, weights

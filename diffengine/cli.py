@@ -139,6 +139,12 @@ def main() -> None:
     show_default=True,
     help="inpaint: the network also sees a masked image and its mask (for faceprep --fill generated).",
 )
+@click.option(
+    "--init-from",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Start from this run's weights (same network; --task inpaint may add the condition input).",
+)
 def train(
     data: Path,
     out: Path | None,
@@ -168,6 +174,7 @@ def train(
     streaming: bool | None,
     workers: int,
     task: str,
+    init_from: Path | None,
 ) -> None:
     """Train on DATA: a faceprep output folder, any image folder, or a .zip of images."""
     from diffengine.inpaint import Task
@@ -202,6 +209,7 @@ def train(
         task=cast(Task, task),
         streaming=streaming,
         workers=workers,
+        init_from=str(init_from) if init_from else None,
     )
     try:
         effective = effective_preset(cfg)

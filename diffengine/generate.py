@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 
 from diffengine import kernels
-from diffengine.checkpoint import CheckpointError, load_checkpoint, read_tensors
+from diffengine.checkpoint import read_tensors, run_weights
 from diffengine.config import (
     DEFAULT_SAMPLE_STEPS,
     DEFAULT_SAMPLER,
@@ -56,15 +56,10 @@ def load_run(
 ) -> tuple[Denoiser, Preset]:
     """The denoiser of a run's latest checkpoint (EMA weights unless ``use_ema`` is False), in eval mode,
     and the preset it was trained with (network shape, formulation, default sampler)."""
-    run = Path(run_dir)
-    ckpt_dir = run / "checkpoints" if (run / "checkpoints").is_dir() else run
     # The record only (every file checked; a damaged newest checkpoint is skipped with a warning):
     # read just the weights used below.
-    ckpt = load_checkpoint(ckpt_dir, tensors=False)
+    ckpt, weights = run_weights(run_dir, use_ema)
     preset: Preset = config_from_dict(ckpt.state["preset"])
-    weights = ckpt.path / ("ema.safetensors" if use_ema else "model.safetensors")
-    if use_ema and not weights.is_file():
-        raise CheckpointError(f"{ckpt.path}: no EMA weights saved (use the raw weights: use_ema=False)")
     denoiser = build_denoiser(preset)
     denoiser.net.load_state_dict(read_tensors(weights))
     return denoiser.to(device).eval(), preset

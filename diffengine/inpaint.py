@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import torch
 
-from diffengine.checkpoint import CheckpointError, load_checkpoint, read_tensors
+from diffengine.checkpoint import CheckpointError, read_tensors, run_weights
 from diffengine.config import Preset, config_from_dict, get_preset
 from diffengine.networks.unet import UNet
 from diffengine.precond import DenoiseFn, Denoiser, make_formulation
@@ -214,18 +214,12 @@ def load_inpaint_model(
     Raises :class:`~diffengine.checkpoint.CheckpointError` (missing run, damaged files, weights that do
     not fit the recorded network) with a one-line message naming the run."""
     path = Path(run)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such run folder")
-    ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    ckpt = load_checkpoint(ckpt_dir, tensors=False)
+    ckpt, weights = run_weights(path, use_ema, ema_fallback=True)
     try:
         preset, cond = _preset_of(ckpt.state)
         task = run_task(ckpt.state)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{ckpt.path}: not a diffengine run record ({exc})") from exc
-    weights = ckpt.path / ("ema.safetensors" if use_ema else "model.safetensors")
-    if use_ema and not weights.is_file():
-        weights = ckpt.path / "model.safetensors"
     formulation = make_formulation(preset.formulation, **preset.formulation_kwargs)
     denoiser = Denoiser(UNet(preset.unet, cond_channels=cond), formulation)
     try:

@@ -50,6 +50,7 @@ from diffengine.config import Precision, Preset, UNetConfig, config_to_dict, get
 from diffengine.data import DataCheckError, check_batch
 from diffengine.distributed import DistInfo
 from diffengine.ema import EMA
+from diffengine.finetune import StartWeights, load_start_weights
 from diffengine.generate import build_denoiser, generate, save_comparison
 from diffengine.inpaint import COND_CHANNELS, ConditionedDenoiser, Task, inpaint_cond
 from diffengine.loss import diffusion_loss
@@ -94,6 +95,7 @@ class TrainConfig:
     task: Task = "unconditional"  # "inpaint": the network also sees a masked image and its mask
     streaming: bool | None = None  # None: in memory when the decoded set fits in 1 GiB, else streamed
     workers: int = 2  # DataLoader workers when streaming
+    init_from: str | None = None  # a fresh run starts from this run's weights (diffengine.finetune)
 
 
 @dataclass(frozen=True)
@@ -276,6 +278,7 @@ class Run:
     noise_gen: torch.Generator  # σ and noise of the loss, per rank
     channels_last: bool
     mask_gen: torch.Generator  # the inpainting masks (task inpaint), per rank, on the CPU
+    start: StartWeights | None = None  # where a fresh run's first weights came from (--init-from)
 
     @property
     def device(self) -> torch.device:
@@ -373,6 +376,12 @@ def _resume(run: Run) -> int:
             raise FileExistsError(
                 f"{run.out} already holds checkpoints: pass --resume to continue, or another --out"
             )
+        if cfg.init_from:  # the same weights on every rank (each reads them), EMA starting from them
+            run.start = load_start_weights(cfg.init_from, run.net, run.preset.unet)
+            if run.ema is not None:
+                run.ema.module.load_state_dict(run.net.state_dict())
+            if run.main:
+                print(f"started from {run.start.run} step {run.start.step} ({run.start.weights})")
         return 0
     if latest_checkpoint(ckpt_dir) is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
@@ -394,6 +403,8 @@ def _resume(run: Run) -> int:
     if len(ranks) != dist.world_size:
         raise ValueError(f"--resume: {found} was written by {len(ranks)} process(es), now {dist.world_size}")
     mine = ranks[dist.rank]
+    if ckpt.state.get("init_from"):
+        run.start = StartWeights(**ckpt.state["init_from"])
     run.stream.load_state_dict(mine["data"])
     run.noise_gen.set_state(mine["noise_gen"])
     if "mask_gen" in mine:
@@ -594,6 +605,7 @@ def _checkpoint(run: Run, step: int) -> Path | None:
     ema, scaler = run.ema, run.scaler
     state = {
         "task": run.cfg.task,
+        "init_from": run.start.as_dict() if run.start else None,
         "ranks": ranks,
         "preset": config_to_dict(run.preset),
         "train": dataclasses.asdict(run.cfg),
