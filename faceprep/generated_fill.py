@@ -31,14 +31,17 @@ the difference in sharpness. Train at the crop size to get sharp fills.
 Deterministic: each face's noise comes from sha256(seed option, source name, face index), so a re-run
 or a resumed run gives byte-identical crops (same machine, same torch thread count). Faces whose square
 lies wholly inside the photo never run the model (the canvas border outside the square only feeds the
-warp's filter support and is mirrored). The model is loaded once per process (cached by run folder,
-checkpoint and device), so each ``faceprep crop`` worker loads it once.
+warp's filter support and is mirrored). The faces of one photo that need the model are filled in one
+batch (:meth:`GeneratedFill.fill_many`, called by :func:`faceprep.warp.fill_canvases`). The model is
+loaded once per process (cached by run folder, checkpoint and device), so each ``faceprep crop`` worker
+loads it once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,39 +273,70 @@ class GeneratedFill:
     def __call__(
         self, canvas: torch.Tensor, pad: Pad, quad_side: float, *, context: FillContext | None = None
     ) -> torch.Tensor:
-        fills.check_canvas(canvas, pad)
-        _, h, w = canvas.shape
-        if context is None:  # called directly: the canvas is the square
-            corners = np.array([[-0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5], [w - 0.5, -0.5]])
-            context = FillContext(corners, max(h, w))
-        corners = np.asarray(context.quad, dtype=np.float64)
-        base = fills.fill_reflect(canvas, pad)  # what partly covered model pixels and the feather see
+        return self.fill_many([(canvas, pad, quad_side, context)])[0]
+
+    def fill_many(
+        self, items: Sequence[tuple[torch.Tensor, Pad, float, FillContext | None]]
+    ) -> list[torch.Tensor]:
+        """Fill several canvases ((canvas, pad, quad side, context) each) with one batched model call."""
         res = self.resolution
-        mask = _square_mask(corners, res, (h, w), pad)
-        if not bool(mask.any()):  # nothing of the square is outside the photo: no model run
-            return base
-        self.calls += 1
-        known = _sample_square(base, corners, res).clamp(0, 255) / 127.5 - 1
-        guess = base  # what the model starts from (init_sigma) and what it corrects at full resolution
-        init = None
-        if self.init_sigma is not None:
-            guess = fills.fill_mirror_blur(canvas, pad, quad_side)
-            init = _sample_square(guess, corners, res).clamp(0, 255) / 127.5 - 1
-        seed = face_seed(context.source, context.face_index, self.seed)
+        bases, work = [], []
+        for canvas, pad, quad_side, context in items:
+            fills.check_canvas(canvas, pad)
+            _, h, w = canvas.shape
+            if context is None:  # called directly: the canvas is the square
+                corners = np.array([[-0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5], [w - 0.5, -0.5]])
+                context = FillContext(corners, max(h, w))
+            corners = np.asarray(context.quad, dtype=np.float64)
+            base = fills.fill_reflect(canvas, pad)  # what partly covered model pixels and the feather see
+            bases.append(base)
+            mask = _square_mask(corners, res, (h, w), pad)
+            if not bool(mask.any()):  # nothing of the square is outside the photo: no model run
+                continue
+            guess = base  # what the model starts from (init_sigma) and corrects at full resolution
+            init = None
+            if self.init_sigma is not None:
+                guess = fills.fill_mirror_blur(canvas, pad, quad_side)
+                init = _sample_square(guess, corners, res).clamp(0, 255) / 127.5 - 1
+            known = _sample_square(base, corners, res).clamp(0, 255) / 127.5 - 1
+            seed = face_seed(context.source, context.face_index, self.seed)
+            work.append((len(bases) - 1, corners, guess, known, mask, init, seed))
+        out = list(bases)
+        if not work:
+            return out
+        self.calls += len(work)
         from diffengine.inpaint import inpaint
 
-        gen = inpaint(
-            self.model, known[None], mask[None], [seed], sampler=self.sampler, steps=self.steps,
-            schedule=self.schedule, jump=self.jump, repeats=self.repeats,
-            init=None if init is None else init[None], init_sigma=self.init_sigma,
-        )[0]  # fmt: skip
+        inits = [w[5] for w in work if w[5] is not None]  # all of them with init_sigma, else none
+        gens = inpaint(
+            self.model, torch.stack([w[3] for w in work]), torch.stack([w[4] for w in work]),
+            [w[6] for w in work], sampler=self.sampler, steps=self.steps, schedule=self.schedule,
+            jump=self.jump, repeats=self.repeats, init_sigma=self.init_sigma,
+            init=torch.stack(inits) if inits else None,
+        )  # fmt: skip
+        for (i, corners, guess, _, _, init, _), gen in zip(work, gens, strict=True):
+            canvas, pad = items[i][0], items[i][1]
+            out[i] = self._blend(canvas, pad, corners, guess, gen, init)
+        return out
+
+    def _blend(
+        self,
+        canvas: torch.Tensor,
+        pad: Pad,
+        corners: np.ndarray,
+        guess: torch.Tensor,
+        gen: torch.Tensor,
+        init: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The generated square brought up to the canvas and feathered into the outside only."""
+        _, h, w = canvas.shape
         if init is None:
             up = _upsample_to_canvas((gen + 1) * 127.5, corners, (h, w))
         else:  # keep the guess's detail: add only the model's correction, which has the model's resolution
             up = guess + _upsample_to_canvas((gen - init) * 127.5, corners, (h, w))
         up = up.clamp(0, 255)
         side = float(np.linalg.norm(corners[3] - corners[0]))
-        feather = self.feather * side / res  # canvas pixels
+        feather = self.feather * side / self.resolution  # canvas pixels
         dist = _outside_distance((h, w), pad)
         weight = ((dist - 0.5) / feather).clamp(0, 1) if feather > 0 else (dist > 0).float()
         blended = guess + (up - guess) * weight[None]

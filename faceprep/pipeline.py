@@ -186,20 +186,23 @@ class Pipeline:
         ``image``: an (H, W, 3) uint8 RGB array, or a PIL image (converted like ``load_image``
         converts a file: EXIF orientation applied, then the same mode rules).
         """
-        from faceprep.warp import extract_face
+        from faceprep.warp import face_canvas, fill_canvases, warp_canvas
 
         if isinstance(image, Image.Image):
             image = from_pil(image)
         check_image(image)
-        crops: list[FaceCrop] = []
+        faces = []
         for index, det in enumerate(self.detect(image)):
             try:
                 quad = self.aligner.align(det, image.shape[:2])
-                pixels, filled = extract_face(
-                    image, quad, self.config.size, self.fill, source=source, face_index=index
-                )
+                canvas = face_canvas(image, quad, self.config.size, source=source, face_index=index)
             except ValueError:  # degenerate landmarks, or a quad shifted entirely off the photo
                 continue
+            faces.append((index, det, quad, canvas))
+        filled_canvases = fill_canvases(self.fill, [face[3] for face in faces])  # one batch for the photo
+        crops: list[FaceCrop] = []
+        for (index, det, quad, canvas), filled_canvas in zip(faces, filled_canvases, strict=True):
+            pixels, filled = warp_canvas(canvas, filled_canvas), canvas.filled
             results = filters.face_filters(det, pixels, filled, self.thresholds)
             recorder = getattr(self.fill, "record", None) if filled > 0 else None
             fill_record = recorder(source, index) if callable(recorder) else None

@@ -17,6 +17,8 @@ Coordinates follow faceprep.types (pixel centres at integers) and faceprep.geome
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -64,17 +66,25 @@ def _to_tensor(crop: ImageArray) -> torch.Tensor:
     return torch.from_numpy(np.array(crop, copy=True)).permute(2, 0, 1)[None]
 
 
-def extract_face(
-    image: ImageArray, quad: Quad, size: int, fill: Fill, *, source: str = "", face_index: int = 0
-) -> tuple[ImageArray, float]:
-    """The (size, size, 3) uint8 crop of ``quad`` from ``image`` and its filled fraction.
+@dataclass(frozen=True)
+class FaceCanvas:
+    """One face between extract_face's steps 3 and 4: its canvas (outside border not yet filled), what a
+    fill is called with, and what the warp needs."""
 
-    ``fill`` sets the part of the working canvas outside the photo (see faceprep.hookspecs.Fill); a fill
-    with ``wants_context = True`` also gets a ``FillContext`` (the quad in canvas coordinates, ``size``,
-    ``source`` and ``face_index``).
-    Raises ValueError for a size outside 64…1024, a non-(H, W, 3) uint8 image, a degenerate quad or one
-    that does not overlap the photo at all.
-    """
+    canvas: torch.Tensor  # (3, H, W) float32, the photo part set, the border zero
+    pad: tuple[int, int, int, int]
+    quad_side: float  # the quad's side in canvas pixels
+    context: FillContext
+    theta: torch.Tensor  # affine_grid theta of the warp
+    grid: int
+    size: int
+    filled: float  # fraction of output pixels outside the photo
+
+
+def face_canvas(
+    image: ImageArray, quad: Quad, size: int, *, source: str = "", face_index: int = 0
+) -> FaceCanvas:
+    """Steps 1-3 of :func:`extract_face` without the fill (errors as there)."""
     check_size(size)
     check_image(image)
     corners = np.asarray(quad.corners, dtype=np.float64)
@@ -103,7 +113,7 @@ def extract_face(
         inside = F.interpolate(inside, size=(hr, wr), mode="bicubic", antialias=True, align_corners=False)
     fx, fy = wi / wr, hi / hr  # source pixels per canvas pixel, per axis
 
-    # 3. canvas with the outside border filled
+    # 3. canvas with a border for the part outside the photo (filled by the caller)
     pad = (
         math.ceil((ix0 - cx0) / fx),
         math.ceil((iy0 - cy0) / fy),
@@ -112,25 +122,61 @@ def extract_face(
     )
     canvas = torch.zeros(3, hr + pad[1] + pad[3], wr + pad[0] + pad[2], dtype=torch.float32)
     canvas[:, pad[1] : pad[1] + hr, pad[0] : pad[0] + wr] = inside[0]
-    if any(pad):
-        if getattr(fill, "wants_context", False):
-            to_canvas = (
-                np.array([1 / fx, 1 / fy]),
-                np.array([(0.5 - ix0) / fx - 0.5 + pad[0], (0.5 - iy0) / fy - 0.5 + pad[1]]),
-            )
-            context = FillContext(corners * to_canvas[0] + to_canvas[1], size, source, face_index)
-            canvas = fill(canvas, pad, quad.side / math.sqrt(fx * fy), context=context)  # type: ignore[call-arg]
-        else:
-            canvas = fill(canvas, pad, quad.side / math.sqrt(fx * fy))
-
-    # 4. warp onto the grid: grid pixel → output coords → source → canvas → grid_sample's [-1, 1]
+    scale = np.array([1 / fx, 1 / fy])
+    offset = np.array([(0.5 - ix0) / fx - 0.5 + pad[0], (0.5 - iy0) / fy - 0.5 + pad[1]])
+    context = FillContext(corners * scale + offset, size, source, face_index)
     theta = _grid_theta(output_to_source(quad, size), size, (ix0, iy0), (fx, fy), pad, canvas.shape)
-    sample = F.affine_grid(theta[None], [1, 3, grid, grid], align_corners=False)
+    filled = filled_fraction(quad, size, image.shape)
+    return FaceCanvas(canvas, pad, quad.side / math.sqrt(fx * fy), context, theta, grid, size, filled)
+
+
+def fill_canvas(fill: Fill, face: FaceCanvas) -> torch.Tensor:
+    """``face``'s canvas with its outside border set by ``fill`` (as it is when nothing is outside)."""
+    if not any(face.pad):
+        return face.canvas
+    if getattr(fill, "wants_context", False):
+        return fill(face.canvas, face.pad, face.quad_side, context=face.context)  # type: ignore[call-arg]
+    return fill(face.canvas, face.pad, face.quad_side)
+
+
+def fill_canvases(fill: Fill, faces: Sequence[FaceCanvas]) -> list[torch.Tensor]:
+    """Every face's filled canvas; a fill with ``fill_many`` gets all faces that need it in one call
+    (the generated fill batches its model that way)."""
+    many = getattr(fill, "fill_many", None)
+    todo = [i for i, face in enumerate(faces) if any(face.pad)]
+    if not callable(many) or len(todo) < 2:
+        return [fill_canvas(fill, face) for face in faces]
+    out = [face.canvas for face in faces]
+    filled = many([(faces[i].canvas, faces[i].pad, faces[i].quad_side, faces[i].context) for i in todo])
+    for i, canvas in zip(todo, filled, strict=True):
+        out[i] = canvas
+    return out
+
+
+def warp_canvas(face: FaceCanvas, canvas: torch.Tensor) -> ImageArray:
+    """Step 4 of :func:`extract_face`: the (size, size, 3) uint8 crop from the filled ``canvas``."""
+    size, grid = face.size, face.grid
+    sample = F.affine_grid(face.theta[None], [1, 3, grid, grid], align_corners=False)
     warped = F.grid_sample(canvas[None], sample, mode=WARP_MODE, padding_mode="border", align_corners=False)
     if grid != size:
         warped = F.interpolate(warped, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    out = warped[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    return out, filled_fraction(quad, size, image.shape)
+    return warped[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def extract_face(
+    image: ImageArray, quad: Quad, size: int, fill: Fill, *, source: str = "", face_index: int = 0
+) -> tuple[ImageArray, float]:
+    """The (size, size, 3) uint8 crop of ``quad`` from ``image`` and its filled fraction.
+
+    ``fill`` sets the part of the working canvas outside the photo (see faceprep.hookspecs.Fill); a fill
+    with ``wants_context = True`` also gets a ``FillContext`` (the quad in canvas coordinates, ``size``,
+    ``source`` and ``face_index``). Several faces of one photo: :func:`face_canvas`, then
+    :func:`fill_canvases` (one batched call for a fill with ``fill_many``) and :func:`warp_canvas`.
+    Raises ValueError for a size outside 64…1024, a non-(H, W, 3) uint8 image, a degenerate quad or one
+    that does not overlap the photo at all.
+    """
+    face = face_canvas(image, quad, size, source=source, face_index=face_index)
+    return warp_canvas(face, fill_canvas(fill, face)), face.filled
 
 
 def _grid_theta(

@@ -198,6 +198,40 @@ def test_same_seed_gives_identical_crops(uncond_run: Path) -> None:
     assert face_seed("a.jpg", 0) == face_seed("a.jpg", 0) != face_seed("a.jpg", 1)
 
 
+def test_faces_of_one_photo_share_one_batched_model_call(
+    uncond_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import diffengine.inpaint as inpainting
+    from faceprep.warp import face_canvas, fill_canvases, warp_canvas
+
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    quads = [
+        Quad(np.array([[-12.0, 5.0], [-12.0, 45.0], [28.0, 45.0], [28.0, 5.0]])),  # off the left edge
+        Quad(np.array([[60.0, -10.0], [60.0, 30.0], [100.0, 30.0], [100.0, -10.0]])),  # off the top right
+        Quad(np.array([[30.0, 15.0], [30.0, 45.0], [60.0, 45.0], [60.0, 15.0]])),  # inside: no model run
+    ]
+    one_by_one = [
+        extract_face(image, q, 64, GeneratedFill(uncond_run, **FAST), source="p.jpg", face_index=i)[0]
+        for i, q in enumerate(quads)
+    ]
+    calls: list[int] = []
+    real = inpainting.inpaint
+
+    def counting(model: Any, known: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(known.shape[0])
+        return real(model, known, *args, **kwargs)
+
+    monkeypatch.setattr(inpainting, "inpaint", counting)
+    fill = GeneratedFill(uncond_run, **FAST)
+    faces = [face_canvas(image, q, 64, source="p.jpg", face_index=i) for i, q in enumerate(quads)]
+    batched = [warp_canvas(f, c) for f, c in zip(faces, fill_canvases(fill, faces), strict=True)]
+    assert calls == [2] and fill.calls == 2  # the two faces that need the model, in one batch
+    for a, b in zip(batched, one_by_one, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # a face does not depend on its batch
+    assert np.array_equal(batched[2], one_by_one[2])
+
+
 @pytest.mark.parametrize("run_name", ["uncond_run", "inpaint_run"])
 def test_init_sigma_starts_from_mirror_blur_and_keeps_its_detail(run_name: str, request: Any) -> None:
     run = request.getfixturevalue(run_name)
