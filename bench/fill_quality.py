@@ -144,15 +144,10 @@ def metrics(filled: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[str
 
 
 def option(item: str) -> tuple[str, Any]:
-    """KEY=VALUE with VALUE an int, a float or a string."""
-    key, _, text = item.partition("=")
-    value: Any = text
-    for kind in (int, float):
-        try:
-            value = kind(text)
-            break
-        except ValueError:
-            pass
+    """KEY=VALUE parsed as ``faceprep crop --fill-opt`` parses it (a Python literal, else a string)."""
+    from faceprep.cli import StageOption
+
+    key, value = StageOption().convert(item, None, None)
     return key, value
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,19 @@ def _outside_distance(shape: tuple[int, int], pad: Pad) -> torch.Tensor:
     return torch.sqrt(dx[None, :] ** 2 + dy[:, None] ** 2)
 
 
+@dataclass(frozen=True)
+class _ModelFace:
+    """One face of a :meth:`GeneratedFill.fill_many` batch that runs the model."""
+
+    index: int  # in the batch's items
+    corners: np.ndarray  # the crop square on the canvas
+    guess: torch.Tensor  # canvas the correction is added to (reflect, or mirror-blur with init_sigma)
+    mask: torch.Tensor  # (1, R, R): what the model fills
+    known: torch.Tensor  # (3, R, R) in [-1, 1]
+    init: torch.Tensor  # (3, R, R) in [-1, 1]: the guess at model resolution (used with init_sigma)
+    seed: int
+
+
 class GeneratedFill:
     """Fill the outside of the photo with a diffengine model (see the module docstring)."""
 
@@ -228,8 +242,6 @@ class GeneratedFill:
             raise ValueError(f"generated fill: unknown schedule {schedule!r} (one of {', '.join(SCHEDULES)})")
         if init_sigma is not None and not float(init_sigma) > 0:
             raise ValueError(f"generated fill: init_sigma must be > 0, got {init_sigma}")
-        if init_sigma is not None and schedule == "vp":
-            raise ValueError("generated fill: init_sigma needs the karras or exponential schedule")
         if int(steps) < 1 or int(repeats) < 1 or int(jump) < 0 or not float(feather) >= 0:
             raise ValueError(
                 f"generated fill: need steps >= 1, repeats >= 1, jump >= 0, feather >= 0; got "
@@ -240,6 +252,13 @@ class GeneratedFill:
         self.jump, self.repeats, self.feather, self.seed = int(jump), int(repeats), float(feather), int(seed)
         self.init_sigma = None if init_sigma is None else float(init_sigma)
         self.model = load_model(model, use_ema=bool(use_ema), device=str(device))  # fails here, not per face
+        if self.init_sigma is not None:  # a schedule that cannot start at init_sigma fails here too
+            from diffengine.schedules import get_sigmas
+
+            try:
+                get_sigmas(schedule, self.steps, self.model.denoiser.formulation, sigma_max=self.init_sigma)
+            except ValueError as exc:
+                raise ValueError(f"generated fill: init_sigma={self.init_sigma}: {exc}") from None
         self.calls = 0  # faces that ran the model (tests, benchmarks)
 
     @property
@@ -280,7 +299,8 @@ class GeneratedFill:
     ) -> list[torch.Tensor]:
         """Fill several canvases ((canvas, pad, quad side, context) each) with one batched model call."""
         res = self.resolution
-        bases, work = [], []
+        out: list[torch.Tensor] = []
+        work: list[_ModelFace] = []
         for canvas, pad, quad_side, context in items:
             fills.check_canvas(canvas, pad)
             _, h, w = canvas.shape
@@ -289,47 +309,40 @@ class GeneratedFill:
                 context = FillContext(corners, max(h, w))
             corners = np.asarray(context.quad, dtype=np.float64)
             base = fills.fill_reflect(canvas, pad)  # what partly covered model pixels and the feather see
-            bases.append(base)
+            out.append(base)
             mask = _square_mask(corners, res, (h, w), pad)
             if not bool(mask.any()):  # nothing of the square is outside the photo: no model run
                 continue
             guess = base  # what the model starts from (init_sigma) and corrects at full resolution
-            init = None
             if self.init_sigma is not None:
                 guess = fills.fill_mirror_blur(canvas, pad, quad_side)
-                init = _sample_square(guess, corners, res).clamp(0, 255) / 127.5 - 1
             known = _sample_square(base, corners, res).clamp(0, 255) / 127.5 - 1
+            init = known if guess is base else _sample_square(guess, corners, res).clamp(0, 255) / 127.5 - 1
             seed = face_seed(context.source, context.face_index, self.seed)
-            work.append((len(bases) - 1, corners, guess, known, mask, init, seed))
-        out = list(bases)
+            work.append(_ModelFace(len(out) - 1, corners, guess, mask, known, init, seed))
         if not work:
             return out
         self.calls += len(work)
         from diffengine.inpaint import inpaint
 
-        inits = [w[5] for w in work if w[5] is not None]  # all of them with init_sigma, else none
+        starts = self.init_sigma is not None
         gens = inpaint(
-            self.model, torch.stack([w[3] for w in work]), torch.stack([w[4] for w in work]),
-            [w[6] for w in work], sampler=self.sampler, steps=self.steps, schedule=self.schedule,
+            self.model, torch.stack([f.known for f in work]), torch.stack([f.mask for f in work]),
+            [f.seed for f in work], sampler=self.sampler, steps=self.steps, schedule=self.schedule,
             jump=self.jump, repeats=self.repeats, init_sigma=self.init_sigma,
-            init=torch.stack(inits) if inits else None,
+            init=torch.stack([f.init for f in work]) if starts else None,
         )  # fmt: skip
-        for (i, corners, guess, _, _, init, _), gen in zip(work, gens, strict=True):
-            canvas, pad = items[i][0], items[i][1]
-            out[i] = self._blend(canvas, pad, corners, guess, gen, init)
+        for face, gen in zip(work, gens, strict=True):
+            canvas, pad = items[face.index][0], items[face.index][1]
+            out[face.index] = self._blend(canvas, pad, face, gen, face.init if starts else None)
         return out
 
     def _blend(
-        self,
-        canvas: torch.Tensor,
-        pad: Pad,
-        corners: np.ndarray,
-        guess: torch.Tensor,
-        gen: torch.Tensor,
-        init: torch.Tensor | None,
+        self, canvas: torch.Tensor, pad: Pad, face: _ModelFace, gen: torch.Tensor, init: torch.Tensor | None
     ) -> torch.Tensor:
         """The generated square brought up to the canvas and feathered into the outside only."""
         _, h, w = canvas.shape
+        corners, guess = face.corners, face.guess
         if init is None:
             up = _upsample_to_canvas((gen + 1) * 127.5, corners, (h, w))
         else:  # keep the guess's detail: add only the model's correction, which has the model's resolution
