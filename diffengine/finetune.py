@@ -33,9 +33,6 @@ class StartWeights:
     step: int
     weights: str  # "ema.safetensors" or "model.safetensors"
 
-    def as_dict(self) -> dict[str, object]:
-        return {"run": self.run, "step": self.step, "weights": self.weights}
-
 
 def _network_differences(source: dict[str, object], target: dict[str, object]) -> list[str]:
     keys = (set(source) | set(target)) - {"cond_channels"}

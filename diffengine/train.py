@@ -605,7 +605,7 @@ def _checkpoint(run: Run, step: int) -> Path | None:
     ema, scaler = run.ema, run.scaler
     state = {
         "task": run.cfg.task,
-        "init_from": run.start.as_dict() if run.start else None,
+        "init_from": dataclasses.asdict(run.start) if run.start else None,
         "ranks": ranks,
         "preset": config_to_dict(run.preset),
         "train": dataclasses.asdict(run.cfg),
